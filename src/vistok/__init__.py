@@ -1,0 +1,27 @@
+"""vistok: turn images into the tokens vision and multimodal models consume.
+
+This module is the public API::
+
+    import vistok
+    tok = vistok.load("grid")                  # a tokenizer by name
+    tokens = tok.encode("cat.jpg")             # -> vistok.Tokens
+    vistok.list_tokenizers("p*", kind="soft")  # search the registry
+"""
+
+from vistok.images import ImageError, open_image, probe_size
+from vistok.registry import list_tokenizers, load, tokenizer_info
+from vistok.tokens import Tokens, load_tokens, save_tokens
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ImageError",
+    "Tokens",
+    "list_tokenizers",
+    "load",
+    "load_tokens",
+    "open_image",
+    "probe_size",
+    "save_tokens",
+    "tokenizer_info",
+]

@@ -1,0 +1,3 @@
+from vistok.cli import main
+
+main()

@@ -1,0 +1,109 @@
+"""Names -> tokenizers: a small searchable registry in the manner of timm's ``list_models`` and
+tiktoken's ``get_encoding``. Built-in tokenizers register themselves when their module is imported; the
+built-in modules are imported lazily, on the first lookup, so ``import vistok`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from vistok.tokenizers.base import Tokenizer
+
+__all__ = ["TokenizerInfo", "register_tokenizer", "list_tokenizers", "tokenizer_info", "load"]
+
+Kind = Literal["hard", "soft"]
+
+# Modules that register the built-in tokenizers (imported on first use of the registry).
+_BUILTIN_MODULES = ("vistok.tokenizers.grid", "vistok.tokenizers.patch")
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What the registry knows about one tokenizer before anything is loaded."""
+
+    name: str
+    kind: Kind
+    decodable: bool
+    weights: str
+    description: str
+    config_class: type
+    factory: Callable[..., Tokenizer]
+
+    def config_fields(self) -> dict[str, Any]:
+        """Config option names with their defaults."""
+        return {f.name: f.default for f in fields(self.config_class)}
+
+
+_registry: dict[str, TokenizerInfo] = {}
+_lock = threading.RLock()
+_builtins_loaded = False
+
+
+def register_tokenizer(
+    name: str, *, kind: Kind, decodable: bool, weights: str, description: str, config: type
+) -> Callable[[Callable[..., Tokenizer]], Callable[..., Tokenizer]]:
+    """Decorator for a factory ``f(**config) -> Tokenizer``; a name can be registered only once."""
+    if kind not in ("hard", "soft"):
+        raise ValueError(f"kind must be 'hard' or 'soft', got {kind!r}")
+
+    def decorate(factory: Callable[..., Tokenizer]) -> Callable[..., Tokenizer]:
+        with _lock:
+            if name in _registry:
+                raise ValueError(f"a tokenizer named {name!r} is already registered")
+            _registry[name] = TokenizerInfo(name, kind, decodable, weights, description, config, factory)
+        return factory
+
+    return decorate
+
+
+def _ensure_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    with _lock:
+        if not _builtins_loaded:
+            for module in _BUILTIN_MODULES:
+                importlib.import_module(module)
+            _builtins_loaded = True
+
+
+def list_tokenizers(pattern: str = "*", kind: Kind | None = None) -> list[str]:
+    """Sorted names matching a shell-style ``pattern`` (``"vit*"``), optionally only ``kind`` hard/soft."""
+    _ensure_builtins()
+    with _lock:
+        return sorted(
+            name for name, info in _registry.items()
+            if fnmatch.fnmatchcase(name, pattern) and (kind is None or info.kind == kind)
+        )
+
+
+def tokenizer_info(name: str) -> TokenizerInfo:
+    """The registry entry for ``name``; an unknown name raises ``KeyError`` listing close matches."""
+    _ensure_builtins()
+    with _lock:
+        if name in _registry:
+            return _registry[name]
+        names = sorted(_registry)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+    raise KeyError(f"unknown tokenizer {name!r}; {hint}known: {', '.join(names)} (see vistok.list_tokenizers())")
+
+
+def load(name: str, **config: Any) -> Tokenizer:
+    """Create the tokenizer ``name`` with config options, e.g. ``vistok.load("patch", dim=32)``."""
+    info = tokenizer_info(name)
+    known = info.config_fields()
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise TypeError(
+            f"tokenizer {name!r} has no option {', '.join(map(repr, unknown))}; options: "
+            + ", ".join(f"{k}={v!r}" for k, v in known.items())
+        )
+    return info.factory(**config)

@@ -1,0 +1,1 @@
+"""Tokenizer families, one module each. They register themselves with :mod:`vistok.registry`."""

@@ -1,0 +1,157 @@
+"""``grid``: hard tokens from fixed-size cells and a learned visual-word codebook.
+
+The image is cut into uniform ``cell x cell`` squares (grid-based segmentation) and each cell becomes the
+id of its nearest codeword, a "visual word" (Sivic & Zisserman, "Video Google", ICCV 2003; Csurka et al.,
+"Visual categorization with bags of keypoints", 2004). Here the words are raw cell pixels clustered with
+k-means, so the tokens decode: pasting each cell's codeword back gives a picture of what they keep.
+
+Shapes: cell vectors ``(N, cell*cell*3)`` in [0, 1]; codebook ``(K, cell*cell*3)``; ids ``(N,)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vistok.images import ImageInput
+from vistok.registry import register_tokenizer
+from vistok.tokenizers.base import CellTokenizer, to_image
+from vistok.tokens import Tokens
+from vistok.weights import bundled, read_weights, write_weights
+
+__all__ = ["GridConfig", "GridTokenizer", "DEFAULT_CODEBOOK"]
+
+DEFAULT_CODEBOOK = "grid-default.safetensors"
+_WEIGHTS_KIND = "grid-codebook"
+
+
+@dataclass
+class GridConfig:
+    """Options of the ``grid`` tokenizer.
+
+    cell: cell side in pixels. max_side: the longer image side is scaled down to at most this before
+    cutting (None keeps the native size). codebook: path of a file from ``vistok fit-codebook``; None uses
+    the codebook that ships with vistok (its cell size must match ``cell``).
+    """
+
+    cell: int = 16
+    max_side: int | None = 256
+    codebook: str | None = None
+
+
+class GridTokenizer(CellTokenizer):
+    """Cells -> nearest visual word. ``decode`` pastes the codewords back."""
+
+    name = "grid"
+    kind = "hard"
+    decodable = True
+
+    def __init__(self, config: GridConfig | None = None, codebook: np.ndarray | None = None) -> None:
+        self.config = config or GridConfig()
+        self._codebook = None if codebook is None else self._checked(np.asarray(codebook, np.float32), "<array>")
+
+    @property
+    def cell(self) -> int:
+        return self.config.cell
+
+    @property
+    def codebook(self) -> np.ndarray:
+        """``(K, cell*cell*3)`` float32 codewords in [0, 1], loaded on first use."""
+        if self._codebook is None:
+            path = self.config.codebook or bundled(DEFAULT_CODEBOOK)
+            arrays, info = read_weights(path, _WEIGHTS_KIND)
+            if info["config"]["cell"] != self.cell:
+                raise ValueError(
+                    f"codebook {os.fspath(path)!r} was fitted for {info['config']['cell']}-pixel cells, but this "
+                    f"tokenizer uses cell={self.cell}; fit one with `vistok fit-codebook IMAGES --cells {self.cell}` "
+                    "and pass it as codebook=PATH"
+                )
+            self._codebook = self._checked(arrays["codebook"].astype(np.float32), os.fspath(path))
+        return self._codebook
+
+    def _checked(self, codebook: np.ndarray, origin: str) -> np.ndarray:
+        width = self.cell * self.cell * 3
+        if codebook.ndim != 2 or codebook.shape[1] != width or len(codebook) < 1:
+            raise ValueError(f"codebook {origin} has shape {codebook.shape}; cell={self.cell} needs (K, {width})")
+        return codebook
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.codebook)
+
+    def nearest(self, vectors: np.ndarray) -> np.ndarray:
+        """Index of the nearest codeword (squared Euclidean) for each row of ``vectors``."""
+        book = self.codebook
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 is the same for every c, so it drops out of the argmin.
+        scores = vectors @ book.T
+        scores *= -2.0
+        scores += np.einsum("kd,kd->k", book, book)
+        return scores.argmin(axis=1).astype(np.int64)
+
+    def _encode_cells(self, vectors: np.ndarray, grid: tuple[int, int]) -> Tokens:
+        ids = self.nearest(vectors)
+        return Tokens.from_grid(ids, grid, meta={"vocab_size": self.vocab_size})
+
+    def decode(self, tokens: Tokens) -> Image.Image:
+        """Paste each id's codeword into its cell; the image has the working size used at encode time."""
+        if not tokens.is_hard or tokens.grid is None:
+            raise ValueError(f"grid decodes hard tokens laid out on a grid, got {tokens!r}")
+        if len(tokens) and (tokens.values.min() < 0 or tokens.values.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got {tokens.values.min()}..{tokens.values.max()}")
+        return to_image(self.uncells(self.codebook[tokens.values], tokens.grid))
+
+    # -- learning the vocabulary ----------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        images: Iterable[ImageInput],
+        *,
+        cell: int = 16,
+        vocab: int = 512,
+        max_side: int | None = 256,
+        scales: tuple[float, ...] = (1.0, 2.0),
+        seed: int = 0,
+        on_image: Callable[[], None] | None = None,
+    ) -> GridTokenizer:
+        """Learn a ``vocab``-word codebook by k-means (scikit-learn's ``MiniBatchKMeans``) over the cells of
+        ``images``. Each image contributes its cells at the working size times each of ``scales`` (capped at
+        the native size) and their mirror images, which widens the sample without more files."""
+        from sklearn.cluster import MiniBatchKMeans
+
+        config = GridConfig(cell=cell, max_side=max_side)
+        sampler = cls(config)
+        data = sampler.sample_cells(images, scales, on_image)
+        if len(data) < vocab:
+            raise ValueError(
+                f"k-means needs at least vocab={vocab} cells, the images gave {len(data)}; "
+                "add images, use a smaller --vocab, or a smaller --cells"
+            )
+        kmeans = MiniBatchKMeans(n_clusters=vocab, batch_size=4096, n_init=3, max_iter=200,
+                                 random_state=seed, compute_labels=False)
+        kmeans.fit(data)
+        return cls(config, codebook=kmeans.cluster_centers_.astype(np.float32))
+
+    def save_weights(self, path: str | os.PathLike, *, sources: list[str] | None = None) -> Path:
+        """Write the codebook for ``vistok.load("grid", codebook=path)``."""
+        write_weights(path, {"codebook": self.codebook}, {
+            "kind": _WEIGHTS_KIND,
+            "config": {"cell": self.cell, "max_side": self.config.max_side},
+            "vocab_size": self.vocab_size,
+            "sources": sources or [],
+        })
+        return Path(path)
+
+
+@register_tokenizer(
+    "grid", kind="hard", decodable=True, config=GridConfig,
+    weights="bundled k-means codebook (fitted on scikit-image/scikit-learn/matplotlib samples); "
+            "your own via `vistok fit-codebook`",
+    description="fixed cells -> nearest visual word (k-means over cell pixels); decodes by pasting codewords",
+)
+def create_grid(**options: object) -> GridTokenizer:
+    return GridTokenizer(GridConfig(**options))  # type: ignore[arg-type]

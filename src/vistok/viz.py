@@ -1,0 +1,126 @@
+"""Drawing tokens over images: the cell grid, the tokens as colours, and the reconstruction beside the
+original. Everything returns PIL images so it can be saved, shown in a notebook or composed further."""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from vistok.images import ImageInput, open_image
+from vistok.tokens import Tokens
+
+__all__ = ["token_colors", "draw_grid", "paint_tokens", "show", "panel_strip"]
+
+_GOLDEN = 0.618033988749895
+
+
+def token_colors(tokens: Tokens) -> np.ndarray:
+    """One RGB colour (uint8 ``(N, 3)``) per token.
+
+    Hard ids get a fixed colour per id (hue by golden-ratio stepping, so nearby ids differ), the same in
+    every image. Soft vectors are projected on their own first three principal components and scaled to
+    [0, 1] per axis, so tokens that look alike to the model get alike colours.
+    """
+    if tokens.is_hard:
+        ids = tokens.values
+        hues = (ids * _GOLDEN) % 1.0
+        light = 0.45 + 0.2 * ((ids * 7) % 3) / 2
+        rgb = [colorsys.hls_to_rgb(h, l, 0.75) for h, l in zip(hues, light)]
+        return (np.asarray(rgb, dtype=np.float64).reshape(-1, 3) * 255).round().astype(np.uint8)
+    x = tokens.values.astype(np.float64)
+    x = x - x.mean(axis=0)
+    if len(x) < 2:
+        return np.full((len(x), 3), 128, np.uint8)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    proj = x @ vt[:3].T
+    if proj.shape[1] < 3:
+        proj = np.pad(proj, ((0, 0), (0, 3 - proj.shape[1])))
+    lo, hi = np.percentile(proj, 2, axis=0), np.percentile(proj, 98, axis=0)
+    return (np.clip((proj - lo) / np.maximum(hi - lo, 1e-9), 0, 1) * 255).round().astype(np.uint8)
+
+
+def _cell_boxes(tokens: Tokens, size: tuple[int, int]) -> np.ndarray:
+    """``(N, 4)`` boxes of grid cells (or the token boxes) in the pixel frame of an image of ``size``."""
+    if tokens.boxes is not None:
+        source = tokens.image_size or size
+        return tokens.boxes * np.array([size[0] / source[0], size[1] / source[1]] * 2, np.float32)
+    if tokens.grid is None:
+        raise ValueError(f"cannot draw tokens without a grid or boxes: {tokens!r}")
+    rows, cols = tokens.grid
+    xs, ys = np.linspace(0, size[0], cols + 1), np.linspace(0, size[1], rows + 1)
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    return np.stack([xs[c], ys[r], xs[c + 1], ys[r + 1]], axis=1)
+
+
+def draw_grid(image: Image.Image, tokens: Tokens, color: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """The image with each token's cell (or box) outlined."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    for x0, y0, x1, y1 in _cell_boxes(tokens, out.size):
+        draw.rectangle([x0, y0, x1, y1], outline=color, width=1)
+    return out
+
+
+def paint_tokens(tokens: Tokens, size: tuple[int, int]) -> Image.Image:
+    """A picture of the tokens alone: each cell filled with its token's colour (see :func:`token_colors`)."""
+    colors = token_colors(tokens)
+    if tokens.grid is not None and tokens.boxes is None:
+        rows, cols = tokens.grid
+        small = Image.fromarray(colors.reshape(rows, cols, 3), "RGB")
+        return small.resize(size, Image.Resampling.NEAREST)
+    canvas = Image.new("RGB", size, (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for (x0, y0, x1, y1), rgb in zip(_cell_boxes(tokens, size), colors):
+        draw.rectangle([x0, y0, x1, y1], fill=tuple(int(v) for v in rgb))
+    return canvas
+
+
+def panel_strip(panels: Sequence[Image.Image], titles: Sequence[str], height: int = 320,
+                gap: int = 8) -> Image.Image:
+    """Panels side by side at a common height, each with a caption underneath, on a white background."""
+    resized = [p.resize((max(1, round(p.width * height / p.height)), height), Image.Resampling.LANCZOS)
+               for p in panels]
+    font = _font(15)
+    caption = 26
+    width = sum(p.width for p in resized) + gap * (len(resized) + 1)
+    strip = Image.new("RGB", (width, height + caption + 2 * gap), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    x = gap
+    for panel, title in zip(resized, titles):
+        strip.paste(panel, (x, gap))
+        draw.text((x, height + gap + 4), title, fill=(20, 20, 20), font=font)
+        x += panel.width + gap
+    return strip
+
+
+def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height: int = 320) -> Image.Image:
+    """Original with the token grid | tokens as colours | reconstruction (when the tokenizer decodes).
+
+    ``tokens`` defaults to ``tokenizer.encode(image)``. Captions give the token count, layout and, for a
+    reconstruction, its PSNR against the original at the tokenizer's working size.
+    """
+    from vistok.metrics import psnr
+
+    original = open_image(image)
+    tokens = tokens if tokens is not None else tokenizer.encode(original)
+    layout = f"{tokens.grid[0]}x{tokens.grid[1]}" if tokens.grid else "boxes"
+    kind = f"vocab {tokens.vocab_size}" if tokens.is_hard else f"dim {tokens.dim}"
+    panels = [draw_grid(original, tokens), paint_tokens(tokens, original.size)]
+    titles = [f"{original.width}x{original.height}: {len(tokens)} tokens ({layout})", f"{tokenizer.name} tokens, {kind}"]
+    if getattr(tokenizer, "decodable", False):
+        recon = tokenizer.decode(tokens)
+        reference = original.resize(recon.size, Image.Resampling.BICUBIC)
+        panels.append(recon)
+        titles.append(f"decoded, PSNR {psnr(reference, recon):.1f} dB")
+    return panel_strip(panels, titles, height=height)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()

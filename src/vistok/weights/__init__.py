@@ -1,0 +1,55 @@
+"""Where weights come from: files that ship inside the package, or a local path the user gives.
+
+vistok never downloads at run time; a missing file raises an error that says what to pass instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["bundled", "read_weights", "write_weights"]
+
+
+def bundled(filename: str) -> Path:
+    """Path of a weights file shipped inside the ``vistok.weights`` package."""
+    path = Path(str(resources.files(__name__).joinpath(filename)))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"bundled weights {filename!r} are missing from this vistok install ({path}); reinstall vistok, "
+            "or fit your own with the vistok fit-* commands and pass the file's path"
+        )
+    return path
+
+
+def write_weights(path: str | os.PathLike, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+    """Save arrays plus a JSON ``info`` record (kind, config, provenance) as safetensors."""
+    from safetensors.numpy import save_file
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, os.fspath(path),
+              metadata={"vistok_weights": json.dumps(info)})
+
+
+def read_weights(path: str | os.PathLike, expected_kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load a file written by :func:`write_weights`, checking that it holds ``expected_kind`` weights."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist; pass the path of a file written by vistok")
+    try:
+        with safe_open(path, framework="numpy") as handle:
+            info = json.loads((handle.metadata() or {}).get("vistok_weights", "null"))
+            arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a safetensors weights file ({err})") from err
+    if not isinstance(info, dict) or info.get("kind") != expected_kind:
+        found = info.get("kind") if isinstance(info, dict) else None
+        raise ValueError(f"{path}: holds {found or 'no vistok'} weights, expected {expected_kind!r} weights")
+    return arrays, info
