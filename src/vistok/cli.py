@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,7 +19,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+# Wide tables when piped (Rich would otherwise fold them to 80 columns).
+out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
 
 TokenizerOpt = Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer name (see `vistok list`).")]

@@ -8,14 +8,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from vistok.batch import tokenize_files
-from vistok.images import open_image
 from vistok.metrics import psnr
 from vistok.registry import load
 from vistok.samples import sample_images
-from vistok.viz import panel_strip, show
+from vistok.viz import panel_strip, show, working_image
 
 __all__ = ["DemoRow", "DemoReport", "run_demo"]
 
@@ -38,10 +35,6 @@ class DemoReport:
     out_dir: Path
     rows: list[DemoRow] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
-
-
-def _reference(path: Path, size: tuple[int, int]) -> Image.Image:
-    return open_image(path).resize(size, Image.Resampling.BICUBIC)
 
 
 def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str], None] | None = None) -> DemoReport:
@@ -68,7 +61,7 @@ def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str]
             show(path, tokenizer, tokens).save(target)
             report.files.append(target)
         grid_recon = grid.decode(g)
-        reference = _reference(path, grid_recon.size)
+        reference = working_image(path, grid, grid_recon.size)
         sweep, scores = [reference], {}
         for dim in PATCH_DIMS:
             reduced = load("patch", dim=dim)

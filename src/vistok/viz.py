@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from vistok.images import ImageInput, open_image
 from vistok.tokens import Tokens
 
-__all__ = ["token_colors", "draw_grid", "paint_tokens", "show", "panel_strip"]
+__all__ = ["token_colors", "draw_grid", "paint_tokens", "show", "panel_strip", "working_image"]
 
 _GOLDEN = 0.618033988749895
 
@@ -113,10 +113,20 @@ def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height
     titles = [f"{original.width}x{original.height}: {len(tokens)} tokens ({layout})", f"{tokenizer.name} tokens, {kind}"]
     if getattr(tokenizer, "decodable", False):
         recon = tokenizer.decode(tokens)
-        reference = original.resize(recon.size, Image.Resampling.BICUBIC)
+        reference = working_image(image, tokenizer, recon.size)
         panels.append(recon)
         titles.append(f"decoded, PSNR {psnr(reference, recon):.1f} dB")
     return panel_strip(panels, titles, height=height)
+
+
+def working_image(image: ImageInput, tokenizer: Any, size: tuple[int, int]) -> Image.Image:
+    """The image as the tokenizer saw it (its own ``prepare`` when it has one), for fair PSNR."""
+    prepare = getattr(tokenizer, "prepare", None)
+    if prepare is not None:
+        from vistok.tokenizers.base import to_image
+
+        return to_image(prepare(image)[0])
+    return open_image(image).resize(size, Image.Resampling.BICUBIC)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
