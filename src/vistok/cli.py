@@ -104,8 +104,7 @@ def tokenize(
 ) -> None:
     """Tokenize images and print tokens per image, vocabulary, bits and shape.
 
-    Bad files are reported and skipped; the others are still tokenized and saved. The exit code is 1
-    when any input failed.
+    Bad files are reported and skipped; the others are still tokenized and saved. Exit code 1 if any failed.
     """
     from vistok.batch import tokenize_files
     from vistok.images import find_images
@@ -115,10 +114,19 @@ def tokenize(
     with _progress(total) as progress:
         task = progress.add_task(f"tokenizing with {tokenizer}", total=total)
         result = tokenize_files(images, tok, on_file=lambda _: progress.advance(task))
-    table = Table(title=f"{tokenizer}: {len(result.tokens)} image(s)")
+    table = _tokens_table(f"{tokenizer}: {len(result.tokens)} image(s)", result.tokens)
+    out.print(table)
+    if out_file is not None and result.tokens:
+        result.save(out_file)
+        out.print(f"wrote {len(result.tokens)} token set(s) to {out_file}")
+    _report_failures(result.errors)
+
+
+def _tokens_table(title: str, items: dict[str, Any]) -> Table:
+    table = Table(title=title)
     for column in ("image", "size", "tokens", "grid", "vocab", "bits/image", "shape"):
         table.add_column(column, justify="left" if column == "image" else "right")
-    for key, tokens in result.tokens.items():
+    for key, tokens in items.items():
         size = tokens.image_size
         table.add_row(
             key, f"{size[0]}x{size[1]}" if size else "-", str(len(tokens)),
@@ -127,11 +135,21 @@ def tokenize(
             f"{tokens.bits:,.0f}" if tokens.bits is not None else "-",
             "x".join(map(str, tokens.values.shape)) + f" {tokens.values.dtype}",
         )
-    out.print(table)
-    if out_file is not None and result.tokens:
-        result.save(out_file)
-        out.print(f"wrote {len(result.tokens)} token set(s) to {out_file}")
-    _report_failures(result.errors)
+    return table
+
+
+@app.command()
+def inspect(file: Annotated[Path, typer.Argument(help="A tokens file written by `vistok tokenize --out`.")]) -> None:
+    """Summarise a tokens file: what each image became."""
+    from vistok.tokens import load_tokens
+
+    try:
+        items = load_tokens(file)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    names = sorted({t.meta.get("tokenizer", "?") for t in items.values()})
+    out.print(_tokens_table(f"{file}: {len(items)} token set(s) from {', '.join(names)}", items))
 
 
 def _report_failures(errors: dict[str, str]) -> None:
@@ -235,8 +253,10 @@ def fit_patch(
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the outputs.")] = Path("vistok-demo"),
 ) -> None:
-    """The main job on the bundled sample images: tokenize with every built-in tokenizer, decode, measure
-    and draw. Writes token files, PNGs and summary.json to a folder and prints where."""
+    """The main job on the bundled sample images: tokenize, decode, measure and draw.
+
+    Writes token files, PNGs (grid | tokens | decoded) and summary.json to a folder and prints where.
+    """
     from vistok.demo import PATCH_DIMS, run_demo
     from vistok.samples import sample_images
 

@@ -149,8 +149,7 @@ class GridTokenizer(CellTokenizer):
 
 @register_tokenizer(
     "grid", kind="hard", decodable=True, config=GridConfig,
-    weights="bundled k-means codebook (fitted on scikit-image/scikit-learn/matplotlib samples); "
-            "your own via `vistok fit-codebook`",
+    weights="bundled (k-means on scikit-image/scikit-learn samples); yours: vistok fit-codebook",
     description="fixed cells -> nearest visual word (k-means over cell pixels); decodes by pasting codewords",
 )
 def create_grid(**options: object) -> GridTokenizer:

@@ -156,7 +156,7 @@ class PatchTokenizer(CellTokenizer):
 
 @register_tokenizer(
     "patch", kind="soft", decodable=True, config=PatchConfig,
-    weights="bundled PCA (fitted on scikit-image/scikit-learn/matplotlib samples); your own via `vistok fit-patch`",
+    weights="bundled (PCA on scikit-image/scikit-learn samples); yours: vistok fit-patch",
     description="ViT-style 16x16 patches -> linear PCA embedding; exact inverse with all components",
 )
 def create_patch(**options: object) -> PatchTokenizer:
