@@ -58,8 +58,10 @@ def _tokenizer(name: str, config: list[str] | None) -> Any:
     import vistok
 
     try:
-        return vistok.load(name, **parse_config(config))
-    except (KeyError, TypeError, ValueError) as exc:
+        tokenizer = vistok.load(name, **parse_config(config))
+        tokenizer.check()
+        return tokenizer
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         err.print(f"[red]error:[/red] {message}")
         raise typer.Exit(2) from None
@@ -117,6 +119,7 @@ def tokenize(
     table = _tokens_table(f"{tokenizer}: {len(result.tokens)} image(s)", result.tokens)
     out.print(table)
     if out_file is not None and result.tokens:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
         result.save(out_file)
         out.print(f"wrote {len(result.tokens)} token set(s) to {out_file}")
     _report_failures(result.errors)
@@ -125,7 +128,8 @@ def tokenize(
 def _tokens_table(title: str, items: dict[str, Any]) -> Table:
     table = Table(title=title)
     for column in ("image", "size", "tokens", "grid", "vocab", "bits/image", "shape"):
-        table.add_column(column, justify="left" if column == "image" else "right")
+        table.add_column(column, justify="left" if column == "image" else "right",
+                         overflow="fold" if column == "image" else "ellipsis")
     for key, tokens in items.items():
         size = tokens.image_size
         table.add_row(
@@ -177,6 +181,7 @@ def show(
     except ImageError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    out_file.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out_file)
     out.print(f"wrote {out_file} ({picture.width}x{picture.height})")
 

@@ -32,6 +32,8 @@ class Tokenizer(Protocol):
 
     def count(self, width: int, height: int) -> int: ...
 
+    def check(self) -> None: ...
+
     def describe(self) -> dict[str, Any]: ...
 
 
@@ -75,6 +77,15 @@ class CellTokenizer:
 
     def working_size(self, width: int, height: int) -> tuple[int, int]:
         return cell_layout(width, height, self.cell, self.config.max_side)
+
+    def check(self) -> None:
+        """Validate the options and load the weights now (``encode`` does it lazily); raises
+        ``ValueError``/``FileNotFoundError`` saying what to pass."""
+        self.count(self.cell, self.cell)
+        self._load_weights()
+
+    def _load_weights(self) -> None:
+        raise NotImplementedError
 
     def count(self, width: int, height: int) -> int:
         """Number of tokens for an image of this size; needs no weights."""

@@ -80,6 +80,9 @@ class GridTokenizer(CellTokenizer):
             raise ValueError(f"codebook {origin} has shape {codebook.shape}; cell={self.cell} needs (K, {width})")
         return codebook
 
+    def _load_weights(self) -> None:
+        self.codebook  # noqa: B018 - loads and checks the codebook
+
     @property
     def vocab_size(self) -> int:
         return len(self.codebook)

@@ -92,6 +92,9 @@ class PatchTokenizer(CellTokenizer):
         mean, components = self._pca
         return mean, components[: self.dim]
 
+    def _load_weights(self) -> None:
+        self.pca  # noqa: B018 - loads and checks the components
+
     def _checked(self, mean: np.ndarray, components: np.ndarray, origin: str) -> tuple[np.ndarray, np.ndarray]:
         p = self.full_dim
         if mean.shape != (p,) or components.ndim != 2 or components.shape[1] != p:
@@ -141,7 +144,7 @@ class PatchTokenizer(CellTokenizer):
 
     def save_weights(self, path: str | os.PathLike, *, sources: list[str] | None = None) -> Path:
         """Write the PCA for ``vistok.load("patch", weights=path)`` (all components, whatever ``dim``)."""
-        self.pca  # loads the stored components if they are not in memory yet
+        self._load_weights()
         mean, components = self._pca  # type: ignore[misc]
         arrays = {"mean": mean, "components": components}
         if getattr(self, "explained_variance", None) is not None:
