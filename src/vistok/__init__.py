@@ -6,8 +6,10 @@ This module is the public API::
     tok = vistok.load("grid")                  # a tokenizer by name
     tokens = tok.encode("cat.jpg")             # -> vistok.Tokens
     vistok.list_tokenizers("p*", kind="soft")  # search the registry
+    vistok.count("cat.jpg", model="qwen2-vl-7b")  # what the image costs in a VLM (header only)
 """
 
+from vistok.budget import cost, count, fit
 from vistok.images import ImageError, open_image, probe_size
 from vistok.registry import list_tokenizers, load, tokenizer_info
 from vistok.tokens import Tokens, load_tokens, save_tokens
@@ -16,6 +18,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ImageError",
+    "cost",
+    "count",
+    "fit",
     "Tokens",
     "list_tokenizers",
     "load",

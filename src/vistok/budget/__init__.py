@@ -15,7 +15,8 @@ from typing import Any
 from vistok.budget.core import TokenCount, check_size, get_family
 from vistok.budget.models import list_models, resolve_model
 
-__all__ = ["count", "list_models", "resolve_model", "TokenCount", "image_size_of"]
+__all__ = ["count", "cost", "fit", "list_models", "resolve_model", "lm_presets", "TokenCount", "Cost", "Fit",
+           "LMConfig", "image_size_of"]
 
 
 def image_size_of(image_or_size: Any) -> tuple[int, int]:
@@ -52,3 +53,7 @@ def count(image_or_size: Any, model: str | None = None, *, family: str | None = 
         total_positions=int(counted.total_positions), breakdown=dict(counted.breakdown),
         options=asdict(opts), source=rule.source,
     )
+
+
+from vistok.budget.cost import Cost, LMConfig, cost, lm_presets  # noqa: E402
+from vistok.budget.fit import Fit, fit  # noqa: E402
