@@ -92,7 +92,7 @@ def histogram(report: CountReport, width: int = 900, bar_height: int = 180) -> A
     font, small = _font(16), _font(12)
     pad, label_h = 50, 44
     panel_h = bar_height + label_h + 20
-    canvas = Image.new("RGB", (width, panel_h * len(report.models) + pad), "white")
+    canvas = Image.new("RGB", (width, panel_h * len(report.models) + 10), "white")
     draw = ImageDraw.Draw(canvas)
     for i, model in enumerate(report.models):
         tokens = report.tokens(model)
@@ -101,6 +101,8 @@ def histogram(report: CountReport, width: int = 900, bar_height: int = 180) -> A
         if not len(tokens):
             continue
         lo, hi = int(tokens.min()), int(tokens.max())
+        if hi - lo < 20:  # a narrow spread still gets an axis around it
+            lo, hi = max(0, lo - 10), hi + 10
         bins = max(1, min(40, hi - lo + 1))
         hist, edges = np.histogram(tokens, bins=bins, range=(lo, hi + 1))
         plot_w = width - 2 * pad
@@ -112,7 +114,7 @@ def histogram(report: CountReport, width: int = 900, bar_height: int = 180) -> A
                            fill=(70, 110, 190))
         for q, colour in ((50, (200, 60, 40)), (95, (230, 150, 30))):
             value = float(np.percentile(tokens, q))
-            x = pad + (value - lo) / max(hi + 1 - lo, 1) * plot_w
+            x = pad + (value - lo + 0.5) / max(hi + 1 - lo, 1) * plot_w  # centre of the value's bin
             draw.line([x, top + 8, x, top + 8 + bar_height], fill=colour, width=2)
             draw.text((x + 3, top + 8 + 14 * (q == 95)), f"p{q} {value:.0f}", fill=colour, font=small)
         axis_y = top + 8 + bar_height + 4
