@@ -9,7 +9,7 @@ make an image fit a budget.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 from vistok.budget.core import TokenCount, check_size, get_family
@@ -51,7 +51,7 @@ def count(image_or_size: Any, model: str | None = None, *, family: str | None = 
     return TokenCount(
         model=name, family=rule.name, image_size=(width, height), image_tokens=int(counted.image_tokens),
         total_positions=int(counted.total_positions), breakdown=dict(counted.breakdown),
-        options=asdict(opts), source=rule.source,
+        options={f.name: getattr(opts, f.name) for f in fields(opts)}, source=rule.source,
     )
 
 

@@ -101,10 +101,9 @@ def resolve_model(name: str) -> ModelEntry:
     for form in (query, query.rsplit("/", 1)[-1]):
         if form in _aliases:
             return table[_aliases[form]]
-    for form in (query, query.rsplit("/", 1)[-1]):
-        prefixes = [a for a in _aliases if form.startswith(a)]
-        if prefixes:
-            return table[_aliases[max(prefixes, key=len)]]
+    prefixes = [a for form in {query, query.rsplit("/", 1)[-1]} for a in _aliases if form.startswith(a)]
+    if prefixes:
+        return table[_aliases[max(prefixes, key=len)]]
     close = difflib.get_close_matches(query.rsplit("/", 1)[-1], sorted(_aliases), n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
     raise KeyError(f"unknown model {name!r}{hint} (vistok.budget.list_models() lists them all; "
