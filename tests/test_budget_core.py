@@ -136,6 +136,9 @@ def test_fit_resize_is_the_largest_within_budget(model, budget):
     result = fit((width, height), model, budget)
     if result.fits_already:
         return
+    if count((1, 1), model=model).image_tokens > budget:  # e.g. InternVL: one tile is 256 tokens
+        assert result.resize is None and "does not shrink" in " ".join(result.notes)
+        return
     assert result.resize is not None and result.resized.image_tokens <= budget
     w, h = result.resize
     assert abs(w / h - width / height) < 0.05 or min(w, h) < 20
@@ -179,8 +182,6 @@ def test_cli_count_unknown_model():
 
 
 def test_cli_fit_writes_resized_image(tmp_path):
-    if "qwen2-vl-7b" not in MODELS:
-        pytest.skip("needs the Qwen table")
     out = tmp_path / "small.png"
     result = run("fit", sample_images()[4], "-m", "qwen2-vl-7b", "--budget", "200", "--out", out)
     fitted = fit(sample_images()[4], "qwen2-vl-7b", 200)

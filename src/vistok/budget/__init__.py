@@ -35,7 +35,7 @@ def count(image_or_size: Any, model: str | None = None, *, family: str | None = 
 
     ``image_or_size`` is ``(width, height)`` or anything :func:`vistok.probe_size` reads (only the header
     is read). ``options`` override the checkpoint's preprocessing options, e.g. ``max_pixels`` for Qwen
-    or ``max_tiles`` for InternVL. ``family=`` counts with a family rule directly, without a model entry.
+    or ``max_patches`` (max tiles) for InternVL. ``family=`` counts with a family rule directly, without a model entry.
     """
     if (model is None) == (family is None):
         raise TypeError("pass exactly one of model=... or family=...")
