@@ -50,9 +50,8 @@ def test_openai_tile_per_model_costs():
     assert count((1024, 1024), model="gpt-4o-mini", detail="low").image_tokens == 2833
     assert count((1024, 1024), model="gpt-4.1").image_tokens == 765
     assert count((1024, 1024), model="o3").image_tokens == 75 + 4 * 150
-    assert count((1024, 1024), model="o1", detail="low").image_tokens == 75
-    assert count((1024, 1024), model="gpt-5").image_tokens == 70 + 4 * 140
-    assert count((1024, 1024), model="computer-use-preview").image_tokens == 65 + 4 * 129
+    # o1, gpt-5 and computer-use-preview are left out of the table: their per-model numbers could not be
+    # confirmed (forum-reported o1 usage does not fit 75/150).
     # 128 x 64, one tile: API usage reported on the OpenAI forum (image + 5-word prompt) was gpt-4o 97 / 267,
     # gpt-4o-mini 2845 / 8512, o3 86 / 236 for low / high: the image part is these, plus ~12 text tokens
     assert [count((128, 64), model="gpt-4o", detail=d).image_tokens for d in ("low", "high")] == [85, 255]
