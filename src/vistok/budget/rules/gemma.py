@@ -108,6 +108,7 @@ def count_gemma3(width: int, height: int, opts: Gemma3Options) -> Counted:
         "tile_grid": [across, down] if crops else None, "thumbnail": bool(crops),
         "patches": side * side, "grid": [pooled, pooled], "merge": side // pooled if pooled else None,
         "wrapper_tokens": 2 * views, "newline_tokens": 2 * views, "caption_tokens": caption,
+        "caption_tokens_estimated": bool(crops),  # one token per caption word: not checked with Gemma's tokenizer
         "cls_counted": False,
     }
     return Counted(image_tokens, image_tokens + 4 * views + caption, breakdown)
