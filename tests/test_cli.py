@@ -339,7 +339,14 @@ def test_demo_writes_everything(tmp_path: Path, samples: list[Path]) -> None:
         loaded = vistok.load_tokens(out / f"{name}.safetensors")
         assert sorted(loaded) == sorted(map(str, samples))
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary) == len(samples)
+    assert len(summary["tokenizers"]) == len(samples)
+    budget = summary["budget"]
+    assert sorted(budget) == sorted(p.name for p in samples)
+    for sample in samples:
+        size = vistok.probe_size(sample)
+        for model, entry in budget[sample.name].items():
+            assert entry["image_tokens"] == vistok.count(size, model=model).image_tokens
+    assert "qwen2.5-vl-7b-instruct" in flat(text) and (out / "budget-histogram.png").is_file()
 
     pngs = sorted(out.glob("*.png"))
     for sample in samples:

@@ -284,6 +284,15 @@ def demo(
                       *[_db(row.patch_psnr[d]) for d in PATCH_DIMS])
     out.print(table)
     out.print(f"PSNR in dB against the image at the tokenizer's working size ({'inf'} = exact).")
+    if report.budget is not None:
+        budget = Table(title="what the same images cost in VLMs: image tokens (KV cache, bf16)")
+        budget.add_column("image")
+        for model in report.budget.models:
+            budget.add_column(model, justify="right")
+        for key, per in report.budget.counts.items():
+            budget.add_row(Path(key).name, *[f"{per[m].image_tokens:,} ({_bytes(report.budget.kv_bytes[key][m])})"
+                                             for m in report.budget.models])
+        out.print(budget)
     out.print(f"wrote {len(report.files)} files to [bold]{report.out_dir}[/bold]")
 
 

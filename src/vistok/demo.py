@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vistok.batch import tokenize_files
+from vistok.budget.report import CountReport, count_files, histogram
 from vistok.metrics import psnr
 from vistok.registry import load
 from vistok.samples import sample_images
@@ -17,6 +18,8 @@ from vistok.viz import panel_strip, show, working_image
 __all__ = ["DemoRow", "DemoReport", "run_demo"]
 
 PATCH_DIMS = (8, 32, 128, 768)
+BUDGET_MODELS = ("llava-1.5-7b", "llava-v1.6-mistral-7b", "qwen2.5-vl-7b-instruct", "internvl2.5-8b",
+                 "gemma-3-4b-it", "gpt-4o")
 
 
 @dataclass
@@ -35,6 +38,7 @@ class DemoReport:
     out_dir: Path
     rows: list[DemoRow] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    budget: CountReport | None = None
 
 
 def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str], None] | None = None) -> DemoReport:
@@ -42,7 +46,8 @@ def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str]
 
     Files: ``grid.safetensors`` / ``patch.safetensors`` (all samples), ``<image>-grid.png`` and
     ``<image>-patch.png`` (grid | tokens as colours | decoded), ``<image>-patch-dims.png`` (decoded with
-    8/32/128/768 principal components), and ``summary.json``.
+    8/32/128/768 principal components), the samples' token counts in six VLMs with their KV cache
+    (``budget-histogram.png``), and ``summary.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +83,13 @@ def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str]
         ))
         if on_step is not None:
             on_step(path.name)
+    report.budget = count_files(samples, BUDGET_MODELS)
+    histogram(report.budget).save(out / "budget-histogram.png")
+    report.files.append(out / "budget-histogram.png")
     summary = out / "summary.json"
-    summary.write_text(json.dumps([asdict(r) for r in report.rows], indent=2))
+    budget = {Path(f).name: {m: {"image_tokens": c.image_tokens, "total_positions": c.total_positions,
+                                 "kv_cache_bytes": report.budget.kv_bytes[f][m]} for m, c in per.items()}
+              for f, per in report.budget.counts.items()}
+    summary.write_text(json.dumps({"tokenizers": [asdict(r) for r in report.rows], "budget": budget}, indent=2))
     report.files.append(summary)
     return report
