@@ -19,6 +19,7 @@ test: $(BIN)/python
 bench: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python benchmarks/bench_encode.py
+	$(BIN)/python benchmarks/bench_count.py
 
 clean:
 	rm -rf $(VENV) vistok-demo .pytest_cache .hypothesis

@@ -111,6 +111,9 @@ def fit(image_or_size: Any, model: str, budget: int, **options: Any) -> Fit:
     if size is None:
         notes.append(f"no resize brings {name} under {budget}: its count does not shrink below "
                      f"{_count((1, 1), name, options).image_tokens} with the image")
+    elif max(size) < 64:
+        notes.append(f"only a {size[0]}x{size[1]} image fits: the count hardly shrinks with the image in {name} "
+                     "(it tiles or upsamples small images), so prefer the model option or reducing tokens")
     option, option_count = _option_fit((width, height), name, budget, options)
     keep = budget / original.image_tokens
     notes.append(f"or keep the size and reduce {original.image_tokens} tokens to {budget} ({keep:.0%}) after encoding")
