@@ -20,8 +20,6 @@ __all__ = ["TokenizerInfo", "register_tokenizer", "list_tokenizers", "tokenizer_
 
 Kind = Literal["hard", "soft"]
 
-# Modules that register the built-in tokenizers (imported on first use of the registry).
-_BUILTIN_MODULES = ("vistok.tokenizers.grid", "vistok.tokenizers.patch")
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,14 @@ def _ensure_builtins() -> None:
         return
     with _lock:
         if not _builtins_loaded:
-            for module in _BUILTIN_MODULES:
-                importlib.import_module(module)
+            import pkgutil
+
+            import vistok.tokenizers as package
+
+            # every module of vistok.tokenizers registers its tokenizers; `base` holds shared plumbing
+            for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+                if info.name != "base":
+                    importlib.import_module(f"{package.__name__}.{info.name}")
             _builtins_loaded = True
 
 
