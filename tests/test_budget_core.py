@@ -38,6 +38,13 @@ def test_every_model_counts_sane_values(model):
 
 
 @pytest.mark.parametrize("model", MODELS)
+def test_every_alias_resolves_to_its_model(model):
+    entry = resolve_model(model)
+    for alias in (model, model.upper(), *entry.aliases, f"someone/{model}"):
+        assert resolve_model(alias).name == model, alias
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_every_model_rejects_bad_sizes(model):
     for size in [(0, 10), (10, 0), (-5, 10), (10**7, 10), (10.5, 10), ("10", 10)]:
         with pytest.raises(ValueError):
