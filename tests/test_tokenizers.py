@@ -28,8 +28,8 @@ def photo(width: int, height: int) -> Image.Image:
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("size", [(1, 1), (5, 700), (700, 5), (451, 300), (512, 512), (2000, 1500)])
-def test_count_matches_encode(name, size):
-    tok = vistok.load(name)
+def test_count_matches_encode(name, size, load_any):
+    tok = load_any(name)
     tokens = tok.encode(photo(*size))
     assert len(tokens) == tok.count(*size)
     assert tokens.image_size == size
@@ -38,19 +38,19 @@ def test_count_matches_encode(name, size):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_count_needs_no_weights(name, monkeypatch):
+def test_count_needs_no_weights(name, monkeypatch, load_any):
     def refuse(*args, **kwargs):
         raise AssertionError("count() must not read weights")
 
     monkeypatch.setattr(vistok.weights, "read_weights", refuse)
     for module in ("vistok.tokenizers.grid", "vistok.tokenizers.patch"):
         monkeypatch.setattr(f"{module}.read_weights", refuse)
-    assert vistok.load(name).count(640, 480) > 0
+    assert load_any(name).count(640, 480) > 0
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_encode_is_deterministic_and_round_trips_through_a_file(name, tmp_path):
-    tok = vistok.load(name)
+def test_encode_is_deterministic_and_round_trips_through_a_file(name, tmp_path, load_any):
+    tok = load_any(name)
     path = sample_images()[1]
     a, b = tok.encode(path), tok.encode(path)
     assert a.equals(b)
@@ -61,12 +61,14 @@ def test_encode_is_deterministic_and_round_trips_through_a_file(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_decode_gives_the_working_size_and_resembles_the_image(name):
-    tok = vistok.load(name)
-    if not tok.decodable:
-        pytest.skip(f"{name} does not decode")
+def test_decode_gives_the_working_size_and_resembles_the_image(name, load_any):
+    tok = load_any(name)
     path = sample_images()[2]
     tokens = tok.encode(path)
+    if not tok.decodable:  # a clear refusal, never a made-up picture
+        with pytest.raises((NotImplementedError, ValueError), match="decode"):
+            tok.decode(tokens)
+        return
     image = tok.decode(tokens)
     assert image.size == tuple(tokens.meta["working_size"])
     reference = Image.fromarray((tok.prepare(path)[0] * 255).round().astype(np.uint8))
@@ -74,8 +76,8 @@ def test_decode_gives_the_working_size_and_resembles_the_image(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_bad_inputs(name, tmp_path):
-    tok = vistok.load(name)
+def test_bad_inputs(name, tmp_path, load_any):
+    tok = load_any(name)
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     with pytest.raises(vistok.ImageError, match="notes.jpg"):
@@ -88,12 +90,14 @@ def test_bad_inputs(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_list_input_gives_list_output(name):
-    tok = vistok.load(name)
+def test_list_input_gives_list_output(name, load_any):
+    tok = load_any(name)
     paths = sample_images()[:3]
     batch = tok.encode(paths)
     assert isinstance(batch, list) and len(batch) == 3
-    assert all(t.equals(tok.encode(p)) for t, p in zip(batch, paths))
+    # soft tokens of one image may differ in the last bits between batch sizes (kernel choice)
+    tol = {} if tok.kind == "hard" else {"rtol": 1e-4, "atol": 1e-4}
+    assert all(t.equals(tok.encode(p), **tol) for t, p in zip(batch, paths))
 
 
 @settings(max_examples=40, deadline=None)

@@ -30,14 +30,43 @@ def tokenize_files(
     tokenizer: Any,
     *,
     on_file: Callable[[str], None] | None = None,
+    batch_size: int = 16,
 ) -> BatchResult:
     """Encode every image under ``paths`` (files and folders, see :func:`vistok.images.find_images`).
 
-    A file that cannot be read or tokenized is recorded in ``errors`` with its reason and skipped; the
-    others are still tokenized. ``on_file(path)`` is called after each file (for progress bars).
+    Files go to ``tokenizer.encode`` in lists of ``batch_size`` (encoders run them as one batch). A file that
+    cannot be read or tokenized is recorded in ``errors`` with its reason and skipped; the others are still
+    tokenized: when a list fails, its files are retried one by one. ``on_file(path)`` is called after each
+    file (for progress bars).
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     result = BatchResult()
+    chunk: list[os.PathLike] = []
     for path in _expand(paths, result):
+        chunk.append(path)
+        if len(chunk) == batch_size:
+            _encode_chunk(chunk, tokenizer, result, on_file)
+            chunk = []
+    if chunk:
+        _encode_chunk(chunk, tokenizer, result, on_file)
+    return result
+
+
+def _encode_chunk(chunk: list[os.PathLike], tokenizer: Any, result: BatchResult,
+                  on_file: Callable[[str], None] | None) -> None:
+    if len(chunk) > 1:
+        try:
+            encoded = tokenizer.encode(list(chunk))
+        except (ImageError, OSError, ValueError):
+            encoded = None  # someone in the list is bad: find out who, one by one
+        if encoded is not None:
+            for path, tokens in zip(chunk, encoded):
+                result.tokens[str(path)] = tokens
+                if on_file is not None:
+                    on_file(str(path))
+            return
+    for path in chunk:
         key = str(path)
         try:
             result.tokens[key] = tokenizer.encode(path)
@@ -47,7 +76,6 @@ def tokenize_files(
             result.errors[key] = f"{type(err).__name__}: {err}"
         if on_file is not None:
             on_file(key)
-    return result
 
 
 def _expand(paths: Iterable[str | os.PathLike], result: BatchResult) -> Iterable[os.PathLike]:

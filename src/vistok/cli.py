@@ -61,8 +61,10 @@ def _tokenizer(name: str, config: list[str] | None) -> Any:
         tokenizer = vistok.load(name, **parse_config(config))
         tokenizer.check()
         return tokenizer
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
+    except (KeyError, TypeError, ValueError, FileNotFoundError, ImportError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
+        if isinstance(exc, ImportError):
+            message = f"{name} needs the encoder packages ({exc}); install them: pip install 'vistok[encoders]'"
         err.print(f"[red]error:[/red] {message}")
         raise typer.Exit(2) from None
 
@@ -186,6 +188,67 @@ def show(
     out.print(f"wrote {out_file} ({picture.width}x{picture.height})")
 
 
+@app.command()
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    tokenizer: Annotated[str, typer.Option(
+        "--tokenizer", "-t", help="A classifier: efficientnet-lite0 / cnn (ImageNet head), or clip / siglip "
+                                  "(zero-shot over --labels; pass the checkpoint with -c model=PATH).")] = "efficientnet-lite0",
+    labels: Annotated[Optional[str], typer.Option(
+        "--labels", "-l", help="Comma-separated labels for zero-shot clip/siglip: 'cat,dog,rocket'.")] = None,
+    template: Annotated[str, typer.Option(help="Text for each label ({} = the label), clip/siglip only.")] = "a photo of a {}.",
+    top: Annotated[int, typer.Option(help="How many labels to print per image.", min=1)] = 3,
+    config: ConfigOpt = None,
+) -> None:
+    """Label images: ImageNet classes from a CNN's head, or zero-shot over your labels with CLIP/SigLIP.
+
+    CLIP probabilities are a softmax over the labels; SigLIP's are independent sigmoids (they need not sum
+    to 1). Bad files are reported and skipped. Exit code 1 if any failed.
+    """
+    from vistok.images import ImageError, find_images
+
+    tok = _tokenizer(tokenizer, config)
+    zero_shot = getattr(tok, "zero_shot", None)
+    wanted = [label.strip() for label in (labels or "").split(",") if label.strip()]
+    if zero_shot is not None and not wanted:
+        err.print(f"[red]error:[/red] {tokenizer} classifies zero-shot: give the labels, e.g. --labels 'cat,dog'")
+        raise typer.Exit(2)
+    if zero_shot is None and wanted:
+        err.print(f"[red]error:[/red] {tokenizer} has a fixed label set; --labels needs clip or siglip")
+        raise typer.Exit(2)
+    files, bad = [], {}
+    for given in images:
+        try:
+            files += find_images([given])
+        except ImageError as exc:
+            bad[str(given)] = exc.reason
+    table = Table(title=f"{tokenizer}: top {top}" + (f" of {len(wanted)} labels" if wanted else ""))
+    table.add_column("image")
+    table.add_column("labels (probability)")
+    with _progress(len(files)) as progress:
+        task = progress.add_task(f"classifying with {tokenizer}", total=len(files))
+        for path in files:
+            try:
+                if zero_shot is not None:
+                    ranked = zero_shot(path, wanted, template=template)[:top]
+                else:
+                    tokens = tok.encode(path)
+                    names, scores = tokens.meta.get("label_names"), tokens.extras.get("scores")
+                    if not names or scores is None:
+                        err.print(f"[red]error:[/red] {tokenizer} gives no labels (a headless model); use one "
+                                  "with a classifier head, or clip/siglip with --labels")
+                        raise typer.Exit(2)
+                    ranked = list(zip(names, map(float, scores)))[:top]
+                table.add_row(str(path), ", ".join(f"{name.split(',')[0]} ({p:.3f})" for name, p in ranked))
+            except ImageError as exc:
+                bad[str(path)] = exc.reason
+            except (OSError, ValueError) as exc:
+                bad[str(path)] = f"{type(exc).__name__}: {exc}"
+            progress.advance(task)
+    out.print(table)
+    _report_failures(bad)
+
+
 def _fit(kind: str, images: list[Path], fit: Any, out_file: Path) -> None:
     from vistok.images import ImageError, find_images, open_image
 
@@ -284,6 +347,17 @@ def demo(
                       *[_db(row.patch_psnr[d]) for d in PATCH_DIMS])
     out.print(table)
     out.print(f"PSNR in dB against the image at the tokenizer's working size ({'inf'} = exact).")
+    if report.encoders:
+        enc = Table(title="pretrained encoders (offline weights): soft tokens, ImageNet top-1, salient tokens")
+        for column in ("image", "efficientnet-lite0 tokens", "top-1 (score)", "focus-vit-s14 tokens",
+                       "salient (>0.5)"):
+            enc.add_column(column, justify="left" if column in ("image", "top-1 (score)") else "right")
+        for row in report.encoders:
+            enc.add_row(row.image, row.cnn_tokens, f"{row.top_label} ({row.top_score:.2f})", row.vit_tokens,
+                        f"{row.salient_tokens} of {row.vit_count}")
+        out.print(enc)
+    elif report.encoders_skipped:
+        err.print(f"[yellow]note:[/yellow] {report.encoders_skipped}")
     if report.budget is not None:
         budget = Table(title="what the same images cost in VLMs: image tokens (KV cache, bf16)")
         budget.add_column("image")

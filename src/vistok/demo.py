@@ -15,7 +15,7 @@ from vistok.registry import load
 from vistok.samples import sample_images
 from vistok.viz import panel_strip, show, working_image
 
-__all__ = ["DemoRow", "DemoReport", "run_demo"]
+__all__ = ["DemoRow", "EncoderRow", "DemoReport", "run_demo", "ENCODERS"]
 
 PATCH_DIMS = (8, 32, 128, 768)
 BUDGET_MODELS = ("llava-1.5-7b", "llava-v1.6-mistral-7b", "qwen2.5-vl-7b-instruct", "internvl2.5-8b",
@@ -33,12 +33,29 @@ class DemoRow:
     patch_psnr: dict[int, float]
 
 
+#: The two offline pretrained encoders the demo runs (when vistok[encoders] is installed).
+ENCODERS = ("efficientnet-lite0", "focus-vit-s14")
+
+
+@dataclass
+class EncoderRow:
+    image: str
+    cnn_tokens: str
+    top_label: str
+    top_score: float
+    vit_tokens: str
+    salient_tokens: int
+    vit_count: int
+
+
 @dataclass
 class DemoReport:
     out_dir: Path
     rows: list[DemoRow] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     budget: CountReport | None = None
+    encoders: list[EncoderRow] = field(default_factory=list)
+    encoders_skipped: str | None = None
 
 
 def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str], None] | None = None) -> DemoReport:
@@ -46,7 +63,9 @@ def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str]
 
     Files: ``grid.safetensors`` / ``patch.safetensors`` (all samples), ``<image>-grid.png`` and
     ``<image>-patch.png`` (grid | tokens as colours | decoded), ``<image>-patch-dims.png`` (decoded with
-    8/32/128/768 principal components), the samples' token counts in six VLMs with their KV cache
+    8/32/128/768 principal components), ``<image>-efficientnet-lite0.png`` and ``<image>-focus-vit-s14.png``
+    (pretrained encoders' feature tokens, ImageNet top-1, saliency and attention from CLS; skipped with a note
+    when the encoders are not installed), the samples' token counts in six VLMs with their KV cache
     (``budget-histogram.png``), and ``summary.json``.
     """
     out = Path(out_dir)
@@ -83,6 +102,7 @@ def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str]
         ))
         if on_step is not None:
             on_step(path.name)
+    _run_encoders(samples, out, report)
     report.budget = count_files(samples, BUDGET_MODELS)
     histogram(report.budget).save(out / "budget-histogram.png")
     report.files.append(out / "budget-histogram.png")
@@ -90,6 +110,30 @@ def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str]
     budget = {Path(f).name: {m: {"image_tokens": c.image_tokens, "total_positions": c.total_positions,
                                  "kv_cache_bytes": report.budget.kv_bytes[f][m]} for m, c in per.items()}
               for f, per in report.budget.counts.items()}
-    summary.write_text(json.dumps({"tokenizers": [asdict(r) for r in report.rows], "budget": budget}, indent=2))
+    summary.write_text(json.dumps({"tokenizers": [asdict(r) for r in report.rows],
+                                   "encoders": [asdict(r) for r in report.encoders], "budget": budget}, indent=2))
     report.files.append(summary)
     return report
+
+
+def _run_encoders(samples: list[Path], out: Path, report: DemoReport) -> None:
+    """Soft tokens of the two offline pretrained encoders, their pictures and a row per image."""
+    try:
+        cnn, vit = (load(name) for name in ENCODERS)
+        for tok in (cnn, vit):
+            tok.check()
+    except (ImportError, FileNotFoundError) as exc:
+        report.encoders_skipped = f"pretrained encoders skipped: {exc}"
+        return
+    cnn_tokens, vit_tokens = cnn.encode(list(samples)), vit.encode(list(samples))
+    for path, c, v in zip(samples, cnn_tokens, vit_tokens):
+        for tok, tokens in ((cnn, c), (vit, v)):
+            target = out / f"{path.stem}-{tok.name}.png"
+            show(path, tok, tokens).save(target)
+            report.files.append(target)
+        names = c.meta.get("label_names") or ["?"]
+        report.encoders.append(EncoderRow(
+            image=path.name, cnn_tokens=f"{c.grid[0]}x{c.grid[1]} x {c.dim}", top_label=names[0].split(",")[0],
+            top_score=float(c.extras["scores"][0]), vit_tokens=f"{v.grid[0]}x{v.grid[1]} x {v.dim}",
+            salient_tokens=int((v.extras["saliency"] > 0.5).sum()), vit_count=len(v),
+        ))

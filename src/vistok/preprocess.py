@@ -1,21 +1,56 @@
 """One preprocessing path for every encoder: open, resize, centre-crop, rescale and normalise a batch.
 
-The steps follow the usual CLIP/ViT image processors (shortest edge resized to ``size`` with bicubic
-resampling, centre crop, ``x * rescale``, then ``(x - mean) / std``); every number comes from the
+The steps follow the usual CLIP/ViT image processors (for example Hugging Face's ``CLIPImageProcessor``):
+the shortest edge is resized to ``size`` (the long edge becomes ``int(size * long / short)``), the result
+is centre-cropped, then every value becomes ``(x * rescale - mean) / std``.  Every number comes from the
 encoder's config, never from its name.
+
+How it is made fast (issue 4, "Fast preprocessing"; Hugging Face's slow processor decodes every pixel
+and works on one core, transformers issue #13991):
+
+1. **Reduced-scale JPEG decoding.**  A JPEG given as a path, bytes or a seekable file is probed first
+   (header only, :func:`vistok.images.probe_size`) and then decoded by libjpeg at 1/2, 1/4 or 1/8 scale
+   through Pillow's ``Image.draft``, when the decoded image still has at least *twice* the resized size in
+   both directions.  libjpeg's scaled inverse DCT (IJG libjpeg's ``scale_num / scale_denom``, kept by
+   libjpeg-turbo) turns each 8x8 block into a 4x4, 2x2 or 1x1 block, so a 12-megapixel photo becomes
+   1000x750 without the full-size inverse DCT, chroma upsampling and colour conversion.  That scaling acts like a small box prefilter;
+   the factor of two keeps it well inside the resize filter's footprint: on 12 MP photos the output then
+   differs from a full decode by about 0.25 grey levels on average (about 0.8 when decoding straight down
+   to the resized size).  When a dimension is not a multiple of the scale, the last decoded pixel covers
+   a partial block; the resize then reads exactly the source area (Pillow's ``box``), so nothing is
+   stretched.  ``Preprocess(draft=False)`` decodes every pixel.
+2. **Threads.**  Each image is decoded, resized, cropped and normalised in a shared thread pool.  libjpeg,
+   the resize kernels and numpy's arithmetic all run without the GIL, so the threads run in parallel.
+3. **Fast resizing.**  Bilinear and bicubic resizes run on uint8 data in torch
+   (``interpolate(..., antialias=True)``), whose CPU kernels follow Pillow's filters (cubic a = -0.5,
+   support widened by the scale factor when shrinking).  Measured against Pillow they differ by at most
+   one level when shrinking (two, rarely, when enlarging) and run about 8x faster (a 1000x750 to
+   298x224 bicubic shrink: 0.7 ms against 5.5 ms with Pillow 13, torch 2.14, one thread).  Nearest and
+   lanczos use Pillow.
+4. **Light normalisation.**  Normalisation is one fused ``x * (rescale / std) - mean / std`` per image into
+   float32 (no float64 pass, unlike the slow processor); the images are stacked once into the
+   ``(B, 3, H, W)`` tensor.
+
+Inputs that are not JPEG files (PNG, PIL images, arrays, tensors) are decoded in full and match the slow
+processor within rounding of the resize (mean difference under 0.01 levels).  The accuracy is tested in
+``tests/test_preprocess.py`` against ``CLIPImageProcessorPil``; ``benchmarks/bench_preprocess.py`` measures
+speed and difference on 12 MP and 640x480 JPEGs.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from vistok.images import ImageInput, open_image, probe_size
+from vistok.images import ImageInput, _open_encoded, _orientation, open_image, probe_size, source_name
 
 __all__ = ["Preprocess", "preprocess", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD"]
 
@@ -24,8 +59,39 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+_DRAFT_MARGIN = 2.0
+"""A JPEG is decoded at reduced scale only while the result keeps this multiple of the resized size."""
+
 _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
+def _size_pair(value: Any, field: str) -> int | tuple[int, int] | None:
+    """Validate ``size`` / ``crop``: None, a positive int, or ``(height, width)`` of positive ints."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"{field} must be positive, got {value}")
+        return int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        if min(value) <= 0:
+            raise ValueError(f"{field} must be positive, got {tuple(value)}")
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"{field} must be None, a positive int or (height, width) of positive ints, got {value!r}")
+
+
+def _triple(value: Any, field: str, *, positive: bool) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{field} must be three finite numbers (one per RGB channel), got {value!r}")
+    if positive and min(values) <= 0:
+        raise ValueError(f"{field} must be positive, got {values}")
+    return values  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -33,9 +99,11 @@ class Preprocess:
     """How an encoder wants its pixels.
 
     size: an int resizes the shortest edge to it (aspect kept); ``(height, width)`` resizes exactly;
-    None keeps the image's size. crop: centre crop to ``(height, width)`` (an int means a square), or None.
+    None keeps the image's size. crop: centre crop to ``(height, width)`` (an int means a square), or None;
+    a crop larger than the resized image is padded with zeros (black), as the CLIP processors do.
     resample: nearest, bilinear, bicubic or lanczos. rescale: multiplies the 0..255 values (1/255 gives
-    0..1). mean / std: per-channel normalisation after rescaling.
+    0..1). mean / std: per-channel normalisation after rescaling. draft: decode JPEG files at a reduced
+    scale when that still covers the resized size (much faster on large photos; False decodes every pixel).
     """
 
     size: int | tuple[int, int] | None = 224
@@ -44,22 +112,35 @@ class Preprocess:
     rescale: float = 1 / 255
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    draft: bool = True
 
     def __post_init__(self) -> None:
         if self.resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {', '.join(_RESAMPLE)}, got {self.resample!r}")
+        # lists (as read from JSON configs) become tuples, so the config stays hashable and comparable
+        object.__setattr__(self, "size", _size_pair(self.size, "size"))
+        object.__setattr__(self, "crop", _size_pair(self.crop, "crop"))
+        rescale = self.rescale
+        if isinstance(rescale, bool) or not isinstance(rescale, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(rescale) or rescale <= 0:
+            raise ValueError(f"rescale must be a positive finite number (1/255 gives 0..1), got {rescale!r}")
+        object.__setattr__(self, "rescale", float(rescale))
+        object.__setattr__(self, "mean", _triple(self.mean, "mean", positive=False))
+        object.__setattr__(self, "std", _triple(self.std, "std", positive=True))
+        if not isinstance(self.draft, bool):
+            raise ValueError(f"draft must be True or False, got {self.draft!r}")
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """``(width, height)`` after the resize step."""
         if self.size is None:
             return width, height
         if isinstance(self.size, int):
-            short = min(width, height)
-            scale = self.size / short
-            # the shorter side becomes exactly `size`; the other is scaled and truncated, as CLIP's does
+            # the shorter side becomes exactly `size`, the other int(size * long / short): the formula of
+            # transformers' get_resize_output_image_size and torchvision's Resize (computed the same way,
+            # so no float rounding can move it by one)
             if width <= height:
-                return self.size, int(height * scale)
-            return int(width * scale), self.size
+                return self.size, int(self.size * height / width)
+            return int(self.size * width / height), self.size
         return self.size[1], self.size[0]
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
@@ -70,42 +151,174 @@ class Preprocess:
         return crop_w, crop_h
 
 
-def _one(image: ImageInput, cfg: Preprocess) -> np.ndarray:
+# --------------------------------------------------------------------------------------------------
+# One image: decode (reduced scale for JPEG files), resize, crop -> (3, H, W) uint8
+
+
+def _draftable(image: object) -> bool:
+    """Inputs that open_image decodes itself and can therefore decode at reduced scale."""
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return True
+    seekable = getattr(image, "seekable", None)
+    return hasattr(image, "read") and callable(seekable) and bool(seekable())
+
+
+def _decode_scale(full: tuple[int, int], decoded: tuple[int, int]) -> int:
+    """The libjpeg scale denominator s (1, 2, 4 or 8): decoded == ceil(full / s)."""
+    for s in (1, 2, 4, 8):
+        if decoded == (-(-full[0] // s), -(-full[1] // s)):
+            return s
+    raise RuntimeError(f"unexpected decoded size {decoded} for an image of size {full}")  # pragma: no cover
+
+
+# EXIF orientation -> whether the upright image's (x, y) axes start at the stored image's far edge, where
+# libjpeg's partial last block lies (2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 and 8 rotate by 90
+# one way or the other, 7 transverse; the transposes are those of vistok.images).
+_PARTIAL_BLOCK_FIRST = {1: (False, False), 2: (True, False), 3: (True, True), 4: (False, True),
+                        5: (False, False), 6: (True, False), 7: (True, True), 8: (False, True)}
+
+
+def _source_box(image: ImageInput, full: tuple[int, int], decoded: tuple[int, int], scale: int) -> tuple:
+    """The area of a reduced-scale decode that holds the source image, in decoded pixels.
+
+    A dimension that is not a multiple of ``scale`` ends in a partial block: its last decoded pixel stands
+    for fewer than ``scale`` source pixels.  The source then spans ``full / scale`` decoded pixels, starting
+    at 0 or, where the EXIF orientation turned that axis around, at ``decoded - full / scale``.
+    """
+    with _open_encoded(image, source_name(image), None) as im:
+        first_x, first_y = _PARTIAL_BLOCK_FIRST[_orientation(im)]
+    w, h = full[0] / scale, full[1] / scale
+    x0 = decoded[0] - w if first_x else 0.0
+    y0 = decoded[1] - h if first_y else 0.0
+    return (x0, y0, x0 + w, y0 + h)
+
+
+def _pixels(rgb: Image.Image) -> Any:
+    """An RGB image as a ``(3, H, W)`` uint8 torch tensor (a channels-last view of one writable copy)."""
+    import torch
+
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+
+
+def _resize(rgb: Image.Image, target: tuple[int, int], cfg: Preprocess, box: tuple[float, ...] | None) -> Any:
+    """Resize ``rgb`` (the area ``box`` of it, if given) to ``target`` = (width, height): ``(3, h, w)`` uint8.
+
+    Bilinear and bicubic run in torch on uint8 data (see the module docstring); nearest, lanczos and a
+    fractional source box use Pillow itself.
+    """
+    if rgb.size == target and box is None:
+        return _pixels(rgb)
+    if box is None and cfg.resample in ("bilinear", "bicubic"):
+        import torch.nn.functional as F
+
+        x = _pixels(rgb).unsqueeze(0)
+        try:
+            return F.interpolate(x, size=(target[1], target[0]), mode=cfg.resample, antialias=True)[0]
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - a torch without uint8 kernels
+            pass
+    return _pixels(rgb.resize(target, _RESAMPLE[cfg.resample], box=box))
+
+
+def _crop(x: Any, width: int, height: int) -> Any:
+    """Centre crop of a ``(3, H, W)`` tensor, zero-padded where the crop is larger (offsets as Pillow's)."""
+    import torch
+
+    left, top = (x.shape[2] - width) // 2, (x.shape[1] - height) // 2
+    if left >= 0 and top >= 0:
+        return x[:, top:top + height, left:left + width]
+    out = torch.zeros((3, height, width), dtype=x.dtype)
+    src_l, src_t = max(0, left), max(0, top)
+    dst_l, dst_t = max(0, -left), max(0, -top)
+    w, h = min(width - dst_l, x.shape[2] - src_l), min(height - dst_t, x.shape[1] - src_t)
+    out[:, dst_t:dst_t + h, dst_l:dst_l + w] = x[:, src_t:src_t + h, src_l:src_l + w]
+    return out
+
+
+def _one(image: ImageInput, cfg: Preprocess) -> Any:
+    """Decode, resize and crop one image: a ``(3, H, W)`` uint8 tensor."""
+    full = None
     draft = None
-    if isinstance(image, (str, os.PathLike)):
-        draft = cfg.resized_size(*probe_size(image))
+    if cfg.draft and _draftable(image):
+        full = probe_size(image)
+        w, h = cfg.resized_size(*full)
+        # see the module docstring for why the decoded image keeps twice the resized size
+        draft = (math.ceil(w * _DRAFT_MARGIN), math.ceil(h * _DRAFT_MARGIN))
     rgb = open_image(image, draft_size=draft)
-    target = cfg.resized_size(*rgb.size) if draft is None else draft
-    if rgb.size != target:
-        rgb = rgb.resize(target, _RESAMPLE[cfg.resample])
-    if cfg.crop is not None:
-        out_w, out_h = cfg.output_size(*rgb.size)
-        left, top = (rgb.width - out_w) // 2, (rgb.height - out_h) // 2
-        rgb = rgb.crop((left, top, left + out_w, top + out_h))
-    return np.asarray(rgb)
+    if full is None:
+        full = rgb.size
+    target = cfg.resized_size(*full)
+    box = None
+    if rgb.size != full:
+        scale = _decode_scale(full, rgb.size)
+        if full[0] % scale or full[1] % scale:
+            # a partial last block: resize exactly the area that holds the source image
+            box = _source_box(image, full, rgb.size, scale)
+    x = _resize(rgb, target, cfg, box)
+    if cfg.crop is None:
+        return x
+    return _crop(x, *cfg.output_size(*full))
+
+
+# --------------------------------------------------------------------------------------------------
+# The batch
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool per thread count, so a call does not pay for starting threads."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="vistok-preprocess")
+        return pool
+
+
+def _default_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 def preprocess(images: Sequence[ImageInput] | ImageInput, cfg: Preprocess, *, threads: int | None = None) -> Any:
     """A ``(B, 3, H, W)`` float32 torch tensor for a list of images (one image gives B = 1).
 
-    All images must come out the same size (use a crop or an exact size for mixed inputs).
+    ``threads``: decoding threads (default: the usable cores, at most 8); 1 works in the calling thread.
+    The result does not depend on it.  All images must come out the same size (use a crop or an exact
+    size for mixed inputs).  Bad inputs raise :class:`vistok.images.ImageError` naming the input.
     """
     import torch
 
     items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("no images given")
     if threads is None:
-        threads = min(8, os.cpu_count() or 1)
-    if threads > 1 and len(items) > 1:
-        from concurrent.futures import ThreadPoolExecutor
+        threads = _default_threads()
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    threads = min(threads, len(items))
+    std = np.asarray(cfg.std, dtype=np.float64)
+    gain = (cfg.rescale / std).astype(np.float32).reshape(3, 1, 1)
+    bias = (-np.asarray(cfg.mean, dtype=np.float64) / std).astype(np.float32).reshape(3, 1, 1)
 
-        with ThreadPoolExecutor(threads) as pool:
-            arrays = list(pool.map(lambda im: _one(im, cfg), items))
+    def work(image: ImageInput) -> np.ndarray:
+        # normalise here, in the worker: numpy releases the GIL, and torch's own intra-op threads are
+        # not started for these small arrays (on a busy machine they can cost more than they save)
+        pixels = _one(image, cfg).numpy()
+        out = np.multiply(pixels, gain, dtype=np.float32)
+        return np.add(out, bias, out=out)
+
+    if threads > 1:
+        arrays = list(_pool(threads).map(work, items))
     else:
-        arrays = [_one(im, cfg) for im in items]
+        arrays = [work(im) for im in items]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise ValueError(f"images came out in different sizes {sorted(shapes)}; set crop=... or an exact size")
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (batch * cfg.rescale - mean) / std
+        sizes = sorted({f"{s[2]}x{s[1]}" for s in shapes})
+        raise ValueError(f"images came out in different sizes ({', '.join(sizes)}); set crop=... or an exact "
+                         "size=(height, width) to batch images of different shapes")
+    return torch.from_numpy(np.stack(arrays))

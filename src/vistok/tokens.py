@@ -133,13 +133,19 @@ class Tokens:
 
         return torch.from_numpy(self.values)
 
-    def equals(self, other: Tokens) -> bool:
-        """Exact equality of every array, layout field and meta entry."""
+    def equals(self, other: Tokens, *, rtol: float = 0.0, atol: float = 0.0) -> bool:
+        """Equality of every array, layout field and meta entry: exact by default; with ``rtol``/``atol``,
+        float arrays may differ as ``numpy.allclose`` allows (encoder outputs of one image can differ in the
+        last bits between batch sizes). Integer arrays (ids, labels) are always compared exactly."""
 
         def same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
             if a is None or b is None:
                 return a is None and b is None
-            return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+            if a.dtype != b.dtype or a.shape != b.shape:
+                return False
+            if (rtol or atol) and np.issubdtype(a.dtype, np.floating):
+                return bool(np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True))
+            return bool(np.array_equal(a, b))
 
         return (
             same(self.values, other.values)

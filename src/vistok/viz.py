@@ -13,9 +13,14 @@ from PIL import Image, ImageDraw, ImageFont
 from vistok.images import ImageInput, open_image
 from vistok.tokens import Tokens
 
-__all__ = ["token_colors", "draw_grid", "paint_tokens", "show", "panel_strip", "working_image"]
+__all__ = ["token_colors", "draw_grid", "paint_tokens", "heatmap", "show", "panel_strip", "working_image",
+           "HEAT_EXTRAS"]
 
 _GOLDEN = 0.618033988749895
+#: Per-token scalar extras that ``show`` draws as heat maps, with their captions.
+HEAT_EXTRAS = {"saliency": "saliency", "cls_attention": "attention from CLS"}
+# a dark-to-bright ramp (black, indigo, red, orange, pale yellow) for heat maps: brighter = larger
+_RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float64)
 
 
 def token_colors(tokens: Tokens) -> np.ndarray:
@@ -51,9 +56,20 @@ def _cell_boxes(tokens: Tokens, size: tuple[int, int]) -> np.ndarray:
     if tokens.grid is None:
         raise ValueError(f"cannot draw tokens without a grid or boxes: {tokens!r}")
     rows, cols = tokens.grid
-    xs, ys = np.linspace(0, size[0], cols + 1), np.linspace(0, size[1], rows + 1)
+    x0, y0, x1, y1 = _covered(tokens, size)
+    xs, ys = np.linspace(x0, x1, cols + 1), np.linspace(y0, y1, rows + 1)
     r, c = np.divmod(np.arange(rows * cols), cols)
     return np.stack([xs[c], ys[r], xs[c + 1], ys[r + 1]], axis=1)
+
+
+def _covered(tokens: Tokens, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The part of an image of ``size`` that a token grid covers: all of it, or the centre crop the encoder
+    saw (``meta["crop_box"]`` in source pixels)."""
+    box, source = tokens.meta.get("crop_box"), tokens.image_size
+    if box is None or source is None:
+        return 0.0, 0.0, float(size[0]), float(size[1])
+    sx, sy = size[0] / source[0], size[1] / source[1]
+    return box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
 
 
 def draw_grid(image: Image.Image, tokens: Tokens, color: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -79,6 +95,35 @@ def paint_tokens(tokens: Tokens, size: tuple[int, int]) -> Image.Image:
     return canvas
 
 
+def heatmap(image: Image.Image, tokens: Tokens, values: np.ndarray | str, alpha: float = 0.6) -> Image.Image:
+    """The image with one number per token (an extra's name, e.g. ``"saliency"``, or an ``(N,)`` array) drawn
+    over it as a heat map: min-max scaled, bright = high, smoothed across cells, blended with ``alpha``."""
+    name = values if isinstance(values, str) else "values"
+    if isinstance(values, str):
+        if values not in tokens.extras:
+            raise ValueError(f"the tokens have no {values!r} extra (they have {sorted(tokens.extras) or 'none'})")
+        values = tokens.extras[values]
+    values = np.asarray(values, np.float64).reshape(-1)
+    if len(values) != len(tokens):
+        raise ValueError(f"{name} has {len(values)} numbers for {len(tokens)} tokens; give one per token")
+    base = image.convert("RGB")
+    span = values.max() - values.min() if len(values) else 0.0
+    scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
+    heat = np.zeros((base.height, base.width), np.float32)
+    if tokens.grid is not None and tokens.boxes is None:
+        x0, y0, x1, y1 = (round(v) for v in _covered(tokens, base.size))
+        cells = Image.fromarray(scaled.reshape(tokens.grid).astype(np.float32), "F")
+        heat[y0:y1, x0:x1] = np.asarray(cells.resize((max(1, x1 - x0), max(1, y1 - y0)), Image.Resampling.BILINEAR))
+    else:  # boxes: paint them in order (a whole-image CLS box first, then the cells over it)
+        for (bx0, by0, bx1, by1), v in zip(_cell_boxes(tokens, base.size), scaled):
+            heat[round(by0):round(by1), round(bx0):round(bx1)] = v
+    position = np.clip(heat, 0, 1) * (len(_RAMP) - 1)
+    low = np.minimum(position.astype(int), len(_RAMP) - 2)
+    colour = _RAMP[low] + (_RAMP[low + 1] - _RAMP[low]) * (position - low)[..., None]
+    blended = (1 - alpha) * np.asarray(base, np.float64) + alpha * colour
+    return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8), "RGB")
+
+
 def panel_strip(panels: Sequence[Image.Image], titles: Sequence[str], height: int = 320,
                 gap: int = 8) -> Image.Image:
     """Panels side by side at a common height, each with a caption underneath, on a white background."""
@@ -98,7 +143,8 @@ def panel_strip(panels: Sequence[Image.Image], titles: Sequence[str], height: in
 
 
 def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height: int = 320) -> Image.Image:
-    """Original with the token grid | tokens as colours | reconstruction (when the tokenizer decodes).
+    """Original with the token grid | tokens as colours | reconstruction (when the tokenizer decodes) | a heat map
+    of each per-token extra in :data:`HEAT_EXTRAS` the tokens carry (saliency, attention from CLS).
 
     ``tokens`` defaults to ``tokenizer.encode(image)``. Captions give the token count, layout and, for a
     reconstruction, its PSNR against the original at the tokenizer's working size.
@@ -111,6 +157,15 @@ def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height
     kind = f"vocab {tokens.vocab_size}" if tokens.is_hard else f"dim {tokens.dim}"
     panels = [draw_grid(original, tokens), paint_tokens(tokens, original.size)]
     titles = [f"{original.width}x{original.height}: {len(tokens)} tokens ({layout})", f"{tokenizer.name} tokens, {kind}"]
+    names, scores = tokens.meta.get("label_names"), tokens.extras.get("scores")
+    if names and scores is not None and len(scores):
+        titles[1] += f"; top-1 {names[0].split(',')[0]} {float(scores[0]):.2f}"
+    for key, caption in HEAT_EXTRAS.items():
+        extra = tokens.extras.get(key)
+        if extra is not None and extra.ndim == 1 and len(extra) == len(tokens):
+            layer = tokens.meta.get("layer")
+            panels.append(heatmap(original, tokens, key))
+            titles.append(f"{caption} (block {layer})" if key == "cls_attention" and layer is not None else caption)
     if getattr(tokenizer, "decodable", False):
         recon = tokenizer.decode(tokens)
         reference = working_image(image, tokenizer, recon.size)
