@@ -8,7 +8,6 @@ checkpoints that the tests build and save.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np

@@ -69,6 +69,20 @@ def _tokenizer(name: str, config: list[str] | None) -> Any:
         raise typer.Exit(2) from None
 
 
+def _find_files(given: list[Path]) -> tuple[list[Path], dict[str, str]]:
+    """The image files under ``given`` (files and folders) and, for inputs that are not, the reason."""
+    from vistok.images import ImageError, find_images
+
+    files: list[Path] = []
+    bad: dict[str, str] = {}
+    for item in given:
+        try:
+            files += find_images([item])
+        except ImageError as exc:
+            bad[str(item)] = exc.reason
+    return files, bad
+
+
 def _progress(total: int) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, transient=True, disable=total < 2)
@@ -205,7 +219,7 @@ def classify(
     CLIP probabilities are a softmax over the labels; SigLIP's are independent sigmoids (they need not sum
     to 1). Bad files are reported and skipped. Exit code 1 if any failed.
     """
-    from vistok.images import ImageError, find_images
+    from vistok.images import ImageError
 
     tok = _tokenizer(tokenizer, config)
     zero_shot = getattr(tok, "zero_shot", None)
@@ -216,12 +230,7 @@ def classify(
     if zero_shot is None and wanted:
         err.print(f"[red]error:[/red] {tokenizer} has a fixed label set; --labels needs clip or siglip")
         raise typer.Exit(2)
-    files, bad = [], {}
-    for given in images:
-        try:
-            files += find_images([given])
-        except ImageError as exc:
-            bad[str(given)] = exc.reason
+    files, bad = _find_files(images)
     table = Table(title=f"{tokenizer}: top {top}" + (f" of {len(wanted)} labels" if wanted else ""))
     table.add_column("image")
     table.add_column("labels (probability)")
@@ -250,14 +259,9 @@ def classify(
 
 
 def _fit(kind: str, images: list[Path], fit: Any, out_file: Path) -> None:
-    from vistok.images import ImageError, find_images, open_image
+    from vistok.images import ImageError, open_image
 
-    files, bad = [], {}
-    for given in images:
-        try:
-            files += find_images([given])
-        except ImageError as exc:
-            bad[str(given)] = exc.reason
+    files, bad = _find_files(images)
     good = []
     with _progress(len(files)) as progress:
         task = progress.add_task(f"reading images for {kind}", total=len(files))

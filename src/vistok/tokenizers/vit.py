@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vistok.images import ImageInput, open_image, probe_size
+from vistok.images import open_image, probe_size
 from vistok.registry import register_tokenizer
 from vistok.tokens import Tokens
 
