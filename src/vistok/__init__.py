@@ -7,10 +7,13 @@ This module is the public API::
     tokens = tok.encode("cat.jpg")             # -> vistok.Tokens
     vistok.list_tokenizers("p*", kind="soft")  # search the registry
     vistok.count("cat.jpg", model="qwen2-vl-7b")  # what the image costs in a VLM (header only)
+    vistok.reduce(tokens, "tome", ratio=0.25)  # shrink the tokens, provenance kept
 """
 
 from vistok.budget import cost, count, fit
 from vistok.images import ImageError, open_image, probe_size
+from vistok.reducers import list_methods as reduce_methods
+from vistok.reducers import reduce
 from vistok.registry import list_tokenizers, load, tokenizer_info
 from vistok.tokens import Tokens, load_tokens, save_tokens
 
@@ -27,6 +30,8 @@ __all__ = [
     "load_tokens",
     "open_image",
     "probe_size",
+    "reduce",
+    "reduce_methods",
     "save_tokens",
     "tokenizer_info",
 ]

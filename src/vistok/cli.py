@@ -31,6 +31,54 @@ ConfigOpt = Annotated[
 ]
 
 
+ReduceOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--reduce", "-r", metavar="METHOD:AMOUNT",
+                 help="Shrink the tokens, repeatable (applied in order): tome:0.25 (a ratio), cls-attention:64 "
+                      "(a count), pool:factor=2, visionzip:1/8,contextual=0.2. See `vistok reducers`."),
+]
+
+
+def parse_reduce(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"tome:0.25"`` -> ``("tome", {"ratio": 0.25})``; ``"cls-attention:64"`` -> ``keep=64``; ``"x:1/8"`` ->
+    ``ratio=0.125``; ``key=value`` items after commas are the method's options (typed as in ``-c``)."""
+    method, _, rest = spec.partition(":")
+    method = method.strip()
+    if not method:
+        raise typer.BadParameter(f"expected METHOD:AMOUNT, got {spec!r}", param_hint="--reduce")
+    options: dict[str, Any] = {}
+    for part in [p.strip() for p in rest.split(",") if p.strip()]:
+        if "=" in part:
+            options.update(parse_config([part]))
+            continue
+        num, slash, den = part.partition("/")
+        try:
+            amount = float(num) / float(den) if slash else float(num)
+        except ValueError:
+            raise typer.BadParameter(f"{part!r} in {spec!r} is not a count, a ratio or key=value",
+                                     param_hint="--reduce") from None
+        if slash or not float(num).is_integer() or amount < 1:
+            options["ratio"] = amount
+        else:
+            options["keep"] = int(amount)
+    return method, options
+
+
+def _reduce_all(items: dict[str, Any], specs: list[str] | None) -> dict[str, Any]:
+    """Apply each ``--reduce`` step to every token set; a step that cannot apply is a usage error (exit 2)."""
+    import vistok
+
+    for spec in specs or []:
+        method, options = parse_reduce(spec)
+        try:
+            items = {key: vistok.reduce(tokens, method, **options) for key, tokens in items.items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
+            err.print(f"[red]error:[/red] --reduce {spec}: {message}")
+            raise typer.Exit(2) from None
+    return items
+
+
 def parse_config(items: list[str] | None) -> dict[str, Any]:
     """``["dim=32", "max_side=none", "codebook=cb.safetensors"]`` -> typed options (int, float, None, str)."""
     config: dict[str, Any] = {}
@@ -119,9 +167,11 @@ def tokenize(
     tokenizer: TokenizerOpt = "grid",
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write all tokens to this .safetensors file.")] = None,
     config: ConfigOpt = None,
+    reduce: ReduceOpt = None,
 ) -> None:
     """Tokenize images and print tokens per image, vocabulary, bits and shape.
 
+    With --reduce the tokens are shrunk before they are shown and saved (provenance kept).
     Bad files are reported and skipped; the others are still tokenized and saved. Exit code 1 if any failed.
     """
     from vistok.batch import tokenize_files
@@ -132,6 +182,7 @@ def tokenize(
     with _progress(total) as progress:
         task = progress.add_task(f"tokenizing with {tokenizer}", total=total)
         result = tokenize_files(images, tok, on_file=lambda _: progress.advance(task))
+    result.tokens = _reduce_all(result.tokens, reduce)
     table = _tokens_table(f"{tokenizer}: {len(result.tokens)} image(s)", result.tokens)
     out.print(table)
     if out_file is not None and result.tokens:
@@ -143,13 +194,18 @@ def tokenize(
 
 def _tokens_table(title: str, items: dict[str, Any]) -> Table:
     table = Table(title=title)
-    for column in ("image", "size", "tokens", "grid", "vocab", "bits/image", "shape"):
+    reduced = any(tokens.meta.get("reductions") for tokens in items.values())
+    columns = ["image", "size", "tokens", *(["reduced from"] if reduced else []), "grid", "vocab", "bits/image",
+               "shape"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "image" else "right",
                          overflow="fold" if column == "image" else "ellipsis")
     for key, tokens in items.items():
         size = tokens.image_size
+        steps = tokens.meta.get("reductions") or []
+        origin = [f"{steps[0]['from']} ({', '.join(s['method'] for s in steps)})" if steps else "-"] if reduced else []
         table.add_row(
-            key, f"{size[0]}x{size[1]}" if size else "-", str(len(tokens)),
+            key, f"{size[0]}x{size[1]}" if size else "-", str(len(tokens)), *origin,
             f"{tokens.grid[0]}x{tokens.grid[1]}" if tokens.grid else "-",
             str(tokens.vocab_size) if tokens.is_hard else "-",
             f"{tokens.bits:,.0f}" if tokens.bits is not None else "-",
@@ -186,20 +242,44 @@ def show(
     tokenizer: TokenizerOpt = "grid",
     out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("tokens.png"),
     config: ConfigOpt = None,
+    reduce: ReduceOpt = None,
 ) -> None:
-    """Draw the tokens over an image: the grid, the tokens as colours, and the reconstruction beside it."""
+    """Draw the tokens over an image: the grid, the tokens as colours, the reconstruction (decodable
+    tokenizers) and heat maps of saliency and attention from CLS (focus-vit-s14, vit).
+
+    With --reduce, the kept tokens and merged groups are painted over the patches they cover, one colour each.
+    """
     from vistok.images import ImageError
     from vistok.viz import show as draw
 
     tok = _tokenizer(tokenizer, config)
     try:
-        picture = draw(image, tok)
+        tokens = _reduce_all({"image": tok.encode(image)}, reduce)["image"] if reduce else None
+        picture = draw(image, tok, tokens)
     except ImageError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     out_file.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out_file)
     out.print(f"wrote {out_file} ({picture.width}x{picture.height})")
+
+
+@app.command("reducers")
+def reducers_command() -> None:
+    """List the token-reduction methods for --reduce and vistok.reduce: what each needs and its paper."""
+    from vistok.reducers import list_methods, method_info
+
+    table = Table(title="vistok token reducers")
+    for column in ("method", "kind", "needs", "options", "what it does", "source"):
+        table.add_column(column)
+    for name in list_methods():
+        info = method_info(name)
+        needs = ", ".join(info.needs) or "nothing"
+        if info.uses:
+            needs += f" (uses {', '.join(info.uses)})"
+        table.add_row(name, "merge" if info.merges else "select", needs, ", ".join(info.options) or "-",
+                      info.description, info.paper)
+    out.print(table)
 
 
 @app.command()

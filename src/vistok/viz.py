@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 from vistok.images import ImageInput, open_image
 from vistok.tokens import Tokens
 
-__all__ = ["token_colors", "draw_grid", "paint_tokens", "heatmap", "show", "panel_strip", "working_image",
-           "HEAT_EXTRAS"]
+__all__ = ["token_colors", "draw_grid", "draw_groups", "paint_tokens", "heatmap", "show", "panel_strip",
+           "working_image", "HEAT_EXTRAS"]
 
 _GOLDEN = 0.618033988749895
 #: Per-token scalar extras that ``show`` draws as heat maps, with their captions.
@@ -72,8 +72,51 @@ def _covered(tokens: Tokens, size: tuple[int, int]) -> tuple[float, float, float
     return box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
 
 
+def _reduced(tokens: Tokens) -> bool:
+    """Tokens laid out only by their source map (a reduced set of grid tokens)."""
+    return tokens.grid is None and tokens.boxes is None and tokens.source is not None and tokens.base_grid is not None
+
+
+def _token_at(tokens: Tokens, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` index of the token each pixel belongs to through the source map: ``-1`` for dropped
+    patches, ``-2`` outside the part of the image the encoder saw (a centre crop)."""
+    rows, cols = tokens.base_grid
+    x0, y0, x1, y1 = _covered(tokens, size)
+    ys = np.floor((np.arange(size[1]) + 0.5 - y0) * rows / max(y1 - y0, 1e-9)).astype(np.int64)
+    xs = np.floor((np.arange(size[0]) + 0.5 - x0) * cols / max(x1 - x0, 1e-9)).astype(np.int64)
+    inside = ((ys >= 0) & (ys < rows))[:, None] & ((xs >= 0) & (xs < cols))[None, :]
+    index = tokens.source.reshape(rows, cols)[np.clip(ys, 0, rows - 1)][:, np.clip(xs, 0, cols - 1)]
+    return np.where(inside, index, -2)
+
+
+def _group_edges(index: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: pixels on the border between two different tokens."""
+    edge = np.zeros(index.shape, bool)
+    edge[:, 1:] |= index[:, 1:] != index[:, :-1]
+    edge[1:, :] |= index[1:, :] != index[:-1, :]
+    return edge
+
+
+def draw_groups(image: Image.Image, tokens: Tokens) -> Image.Image:
+    """A reduced token set over the image: each token's group of patches in its own colour (kept tokens are
+    groups of one), outlined; dropped patches dimmed."""
+    base = np.asarray(image.convert("RGB"), np.float64)
+    index = _token_at(tokens, (base.shape[1], base.shape[0]))
+    ids = np.arange(len(tokens))
+    hues = (ids * _GOLDEN) % 1.0
+    palette = np.asarray([colorsys.hls_to_rgb(h, 0.5, 0.85) for h in hues]).reshape(-1, 3) * 255
+    out = base.copy()
+    member = index >= 0
+    out[member] = 0.45 * base[member] + 0.55 * palette[index[member]]
+    out[index == -1] *= 0.25
+    out[_group_edges(index)] = 255
+    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8), "RGB")
+
+
 def draw_grid(image: Image.Image, tokens: Tokens, color: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """The image with each token's cell (or box) outlined."""
+    """The image with each token's cell (or box) outlined; a reduced set is drawn by :func:`draw_groups`."""
+    if _reduced(tokens):
+        return draw_groups(image, tokens)
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     for x0, y0, x1, y1 in _cell_boxes(tokens, out.size):
@@ -84,6 +127,11 @@ def draw_grid(image: Image.Image, tokens: Tokens, color: tuple[int, int, int] = 
 def paint_tokens(tokens: Tokens, size: tuple[int, int]) -> Image.Image:
     """A picture of the tokens alone: each cell filled with its token's colour (see :func:`token_colors`)."""
     colors = token_colors(tokens)
+    if _reduced(tokens):
+        index = _token_at(tokens, size)
+        painted = np.zeros((size[1], size[0], 3), np.uint8)
+        painted[index >= 0] = colors[index[index >= 0]]
+        return Image.fromarray(painted, "RGB")
     if tokens.grid is not None and tokens.boxes is None:
         rows, cols = tokens.grid
         small = Image.fromarray(colors.reshape(rows, cols, 3), "RGB")
@@ -110,7 +158,10 @@ def heatmap(image: Image.Image, tokens: Tokens, values: np.ndarray | str, alpha:
     span = values.max() - values.min() if len(values) else 0.0
     scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
     heat = np.zeros((base.height, base.width), np.float32)
-    if tokens.grid is not None and tokens.boxes is None:
+    if _reduced(tokens):
+        index = _token_at(tokens, base.size)
+        heat[index >= 0] = scaled[index[index >= 0]]
+    elif tokens.grid is not None and tokens.boxes is None:
         x0, y0, x1, y1 = (round(v) for v in _covered(tokens, base.size))
         cells = Image.fromarray(scaled.reshape(tokens.grid).astype(np.float32), "F")
         heat[y0:y1, x0:x1] = np.asarray(cells.resize((max(1, x1 - x0), max(1, y1 - y0)), Image.Resampling.BILINEAR))
@@ -154,6 +205,11 @@ def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height
     original = open_image(image)
     tokens = tokens if tokens is not None else tokenizer.encode(original)
     layout = f"{tokens.grid[0]}x{tokens.grid[1]}" if tokens.grid else "boxes"
+    steps = tokens.meta.get("reductions")
+    if steps:
+        patches = len(tokens.source) if tokens.source is not None else steps[0]["from"]
+        layout = f"{' then '.join(step['method'] for step in steps)} from {patches}" + (
+            f", grid {layout}" if tokens.grid else "")
     kind = f"vocab {tokens.vocab_size}" if tokens.is_hard else f"dim {tokens.dim}"
     panels = [draw_grid(original, tokens), paint_tokens(tokens, original.size)]
     titles = [f"{original.width}x{original.height}: {len(tokens)} tokens ({layout})", f"{tokenizer.name} tokens, {kind}"]
@@ -166,7 +222,7 @@ def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height
             layer = tokens.meta.get("layer")
             panels.append(heatmap(original, tokens, key))
             titles.append(f"{caption} (block {layer})" if key == "cls_attention" and layer is not None else caption)
-    if getattr(tokenizer, "decodable", False):
+    if getattr(tokenizer, "decodable", False) and not steps:
         recon = tokenizer.decode(tokens)
         reference = working_image(image, tokenizer, recon.size)
         panels.append(recon)

@@ -1,0 +1,27 @@
+"""Baselines every token-reduction paper compares against: ``stride`` (keep tokens at a fixed spacing) and
+``random`` (keep a uniformly random subset). Neither needs any signal; FastV (Chen et al., "An Image is Worth
+1/2 Tokens After Layer 2", ECCV 2024) and VisionZip (Yang et al., 2024) report both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vistok.reducers.core import Reduction, register_method, select
+
+__all__ = ["stride", "random"]
+
+
+@register_method("stride", description="keep K tokens evenly spaced in reading order (a baseline)",
+                 paper="uniform-sampling baseline (e.g. FastV, ECCV 2024; VisionZip, 2024)")
+def stride(x: Any, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator) -> Reduction:
+    """Token ``floor((i + 1/2) * N / K)`` for ``i < K``: the centre of each of ``K`` equal runs."""
+    n = len(sizes)
+    return select(n, np.floor((np.arange(k) + 0.5) * n / k).astype(np.int64))
+
+
+@register_method("random", description="keep a uniformly random K tokens, in order (a baseline; seeded)",
+                 paper="random-selection baseline (e.g. FastV, ECCV 2024; VisionZip, 2024)")
+def random(x: Any, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator) -> Reduction:
+    return select(len(sizes), rng.choice(len(sizes), size=k, replace=False))

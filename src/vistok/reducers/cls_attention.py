@@ -1,0 +1,25 @@
+"""``cls-attention``: keep the K tokens the CLS token attends to most.
+
+The [CLS] attention ranking behind EViT (Liang et al., "Not All Patches are What You Need", ICLR 2022),
+the "dominant tokens" of VisionZip (Yang et al., 2024) and FasterVLM (Zhang et al., "[CLS] Attention is All
+You Need for Training-Free Visual Token Pruning", 2024). Needs ``cls_attention`` ``(N,)`` (``vit`` and
+``focus-vit-s14`` give it); kept tokens stay in their input order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vistok.reducers.core import Reduction, register_method, select, top_k
+
+__all__ = ["cls_attention"]
+
+
+@register_method("cls-attention", description="keep the top-K tokens by attention from CLS",
+                 paper="Liang et al., EViT, ICLR 2022; Zhang et al., FasterVLM, 2024", needs=("cls_attention",))
+def cls_attention(x: Any, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator) -> Reduction:
+    scores = signals["cls_attention"]
+    scores = scores.mean(axis=1) if scores.ndim == 2 else scores  # (N, heads) -> mean over heads
+    return select(len(sizes), top_k(scores, k))

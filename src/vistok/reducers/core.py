@@ -1,0 +1,312 @@
+"""The machinery behind :func:`vistok.reduce`: a registry of methods, the keep count, the signals a method
+needs, and the rebuilding of ``Tokens`` with provenance after selecting or merging.
+
+Every method answers one question: for each input token, which output token does it go to (an index in
+``0..K-1``) or is it dropped (``-1``)? That *assignment* is all the provenance needs. The output values are
+the size-weighted means of each group (ToMe's size-weighted averaging, Bolya et al., ICLR 2023), unless the
+method computes its own. Sizes add up, so reductions chain: a token that already stands for 3 patches counts
+3 times in the next merge.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vistok.tokens import Tokens
+
+__all__ = [
+    "Method", "Reduction", "register_method", "list_methods", "method_info", "reduce", "keep_count",
+    "SIGNAL_SOURCES", "apply_assignment", "select", "top_k",
+]
+
+#: Where each signal comes from, for the error raised when a method lacks one.
+SIGNAL_SOURCES: dict[str, str] = {
+    "cls_attention": "vit and focus-vit-s14 give it (focus-vit-s14 by default; vit with attentions=True), "
+                     "or pass cls_attention=<(N,) array>",
+    "keys": "vit and focus-vit-s14 give it with keys=True (vistok.load('focus-vit-s14', keys=True)), "
+            "or pass keys=<(N, d) array>",
+    "saliency": "focus-vit-s14 gives it (its saliency head, on by default), or pass saliency=<(N,) array>",
+    "query": "a text embedding in the tokens' space, e.g. pass query=<(D,) array>",
+}
+#: Per-token extras that add up when tokens merge (attention mass); other per-token extras are averaged.
+_SUMMED = {"cls_attention", "cls_attention_heads"}
+#: Extras that describe the whole image, never one token, whatever their length.
+_IMAGE_LEVEL = {"cls", "pooled", "embedding", "labels", "scores", "registers", "saliency_map"}
+
+
+@dataclass
+class Reduction:
+    """What a method returns: ``assign`` ``(N,)`` int, the output token of each input (``-1`` = dropped),
+    output ids ``0..K-1`` all used; optionally its own output ``values`` ``(K, D)``, and ``grid``
+    ``(rows, cols)`` when the output tiles a regular grid (pooling)."""
+
+    assign: np.ndarray
+    values: np.ndarray | None = None
+    grid: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered reducer. ``needs``: signals it cannot run without; ``uses``: optional ones.
+    ``merges``: output tokens may stand for several inputs (else it only selects). ``keeps_order``: a
+    selection keeps the input order. ``exact``: it always returns exactly the requested count.
+    ``averages``: a merged token is the size-weighted mean of its group (False: the method computes its own
+    output values, e.g. PruMerge's attention-weighted update)."""
+
+    name: str
+    fn: Callable[..., Reduction]
+    description: str
+    paper: str
+    needs: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()
+    merges: bool = False
+    keeps_order: bool = True
+    exact: bool = True
+    needs_grid: bool = False
+    soft_only: bool = False
+    options: tuple[str, ...] = field(default_factory=tuple)
+    sizing: tuple[str, ...] = field(default_factory=tuple)
+    averages: bool = True
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, description: str, paper: str, needs: Sequence[str] = (),
+                    uses: Sequence[str] = (), merges: bool = False, keeps_order: bool = True, exact: bool = True,
+                    needs_grid: bool = False, soft_only: bool = False, options: Sequence[str] = (),
+                    sizing: Sequence[str] = (), averages: bool = True) -> Callable[[Callable[..., Reduction]], Callable[..., Reduction]]:
+    """Decorator: register ``fn(x, k, sizes, signals, rng, **options) -> Reduction`` under ``name``.
+
+    ``x`` is ``(N, D)`` float64 (``None`` for hard tokens), ``k`` the output count, ``sizes`` ``(N,)`` how many
+    base patches each token already stands for, ``signals`` the arrays named in needs/uses that are present,
+    plus ``"grid"`` ``(rows, cols)`` when the tokens tile a grid. ``sizing``: options that set the output
+    count themselves (pool's ``factor``/``grid``); with one of them, ``k`` is None."""
+
+    def wrap(fn: Callable[..., Reduction]) -> Callable[..., Reduction]:
+        if name in _METHODS:
+            raise ValueError(f"reduction method {name!r} is registered twice")
+        _METHODS[name] = Method(name, fn, description, paper, tuple(needs), tuple(uses), merges, keeps_order,
+                                exact, needs_grid, soft_only or merges, tuple(options) + tuple(sizing),
+                                tuple(sizing), averages)
+        return fn
+
+    return wrap
+
+
+def _discover() -> None:
+    import importlib
+    import pkgutil
+
+    import vistok.reducers as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("core",):
+            importlib.import_module(f"vistok.reducers.{info.name}")
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    """Names of the reduction methods, sorted; ``pattern`` is a shell-style filter."""
+    _discover()
+    return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
+
+
+def method_info(name: str) -> Method:
+    """The registered :class:`Method` (a clear error with close matches for unknown names)."""
+    _discover()
+    if name not in _METHODS:
+        close = difflib.get_close_matches(name, list(_METHODS), n=3)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise KeyError(f"unknown reduction method {name!r}; {hint}known: {', '.join(sorted(_METHODS))} "
+                       "(see vistok.reduce_methods())")
+    return _METHODS[name]
+
+
+def keep_count(n: int, keep: int | None, ratio: float | None) -> int:
+    """The output count from ``keep`` (a count) or ``ratio`` (a fraction of ``n``, rounded, at least 1)."""
+    if (keep is None) == (ratio is None):
+        raise ValueError("give exactly one of keep=<count> or ratio=<fraction>")
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or not 1 <= keep <= n:
+            raise ValueError(f"keep must be a whole number in 1..{n} (the token count), got {keep!r}")
+        return int(keep)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be a fraction in (0, 1], got {ratio!r}")
+    return max(1, min(n, int(np.floor(n * ratio + 0.5))))
+
+
+def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None = None, ratio: float | None = None,
+           seed: int = 0, **signals_and_options: Any) -> Tokens | list[Tokens]:
+    """Shrink ``tokens`` to ``keep`` tokens (or ``ratio`` of them) with a registered ``method``.
+
+    Signals (``cls_attention``, ``keys``, ``saliency``, ``query``) are taken from keyword arguments first,
+    then from ``tokens.extras``; a method that needs one that is missing raises a ``ValueError`` naming it and
+    where to get it. Other keyword arguments are the method's options. The result keeps provenance
+    (``source``/``base_grid``, so ``sizes`` says how many patches each token stands for) and records the step
+    in ``meta["reductions"]``. A list of Tokens gives a list; results depend only on ``seed``.
+    """
+    if isinstance(tokens, (list, tuple)):
+        return [reduce(t, method, keep=keep, ratio=ratio, seed=seed, **signals_and_options) for t in tokens]
+    if not isinstance(tokens, Tokens):
+        raise TypeError(f"reduce takes vistok.Tokens (or a list of them), got {type(tokens).__name__}")
+    info = method_info(method)
+    n = len(tokens)
+    if n == 0:
+        raise ValueError("cannot reduce an empty token set")
+    signals: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in signals_and_options.items():
+        if key in SIGNAL_SOURCES:
+            signals[key] = value
+        elif key in info.options:
+            options[key] = value
+        else:
+            known = sorted({*info.needs, *info.uses, *info.options})
+            raise TypeError(f"{method} takes no option {key!r} (it takes: {', '.join(known) or 'none'})")
+    sized = [name for name in info.sizing if options.get(name) is not None]
+    if sized and (keep is not None or ratio is not None):
+        raise ValueError(f"{method}: give either keep/ratio or {sized[0]}=, not both")
+    k = None if sized else keep_count(n, keep, ratio)
+    for name in (*info.needs, *info.uses):
+        if name not in signals and name in tokens.extras:
+            signals[name] = tokens.extras[name]
+    missing = [name for name in info.needs if name not in signals]
+    if missing:
+        name = missing[0]
+        raise ValueError(f"{method} needs the {name!r} signal, which these tokens (from "
+                         f"{tokens.meta.get('tokenizer', '?')}) do not carry: {SIGNAL_SOURCES[name]}; methods that "
+                         f"need no attention: {', '.join(_attention_free())}")
+    for name, value in list(signals.items()):
+        signals[name] = _check_signal(name, value, n)
+    if info.soft_only and tokens.is_hard:
+        raise ValueError(f"{method} merges vectors, and these tokens are hard ids; use a selecting method "
+                         f"({', '.join(m for m in list_methods() if not _METHODS[m].soft_only)})")
+    if info.needs_grid:
+        if tokens.grid is None:
+            raise ValueError(f"{method} works on a token grid, and these tokens have none (already reduced, or "
+                             "regions); reduce grid tokens with it first, or use a method that needs no grid")
+        signals["grid"] = tokens.grid
+    elif tokens.grid is not None:
+        signals["grid"] = tokens.grid
+    sizes = np.maximum(tokens.sizes, 1) if tokens.sizes is not None else np.ones(n, np.int64)
+    x = None if tokens.is_hard else tokens.values.astype(np.float64)
+    result = info.fn(x, k, sizes.astype(np.float64), signals, np.random.default_rng(seed), **options)
+    if result.values is not None and info.averages:
+        raise AssertionError(f"{method} returns its own values: register it with averages=False")
+    out = apply_assignment(tokens, result, k if info.exact else None)
+    out.meta["reductions"] = [*tokens.meta.get("reductions", []),
+                              {"method": method, "from": n, "to": len(out), "seed": seed,
+                               **{k_: v for k_, v in options.items() if isinstance(v, (int, float, str, bool))}}]
+    return out
+
+
+def _attention_free() -> list[str]:
+    return [m for m in list_methods() if not {"cls_attention", "keys"} & set(_METHODS[m].needs)]
+
+
+def _check_signal(name: str, value: Any, n: int) -> np.ndarray:
+    array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value, dtype=np.float64)
+    if name == "query":
+        if array.ndim != 1:
+            raise ValueError(f"query must be one (D,) vector, got shape {array.shape}")
+        return array
+    if array.shape[:1] != (n,) or array.ndim > 2:
+        raise ValueError(f"{name} must have one entry per token: ({n},) or ({n}, d), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} has NaN or infinite entries")
+    return array
+
+
+def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None) -> Tokens:
+    """New ``Tokens`` from an assignment: size-weighted group means (or the method's values), summed sizes,
+    the source map composed with the assignment, boxes as group unions, per-token extras reduced."""
+    assign = np.asarray(result.assign, dtype=np.int64)
+    n = len(tokens)
+    if assign.shape != (n,):
+        raise AssertionError(f"a method returned an assignment of shape {assign.shape} for {n} tokens")
+    k = int(assign.max()) + 1 if (assign >= 0).any() else 0
+    used = np.unique(assign[assign >= 0])
+    if not np.array_equal(used, np.arange(k)):
+        raise AssertionError("a method left output ids unused")
+    if expected is not None and k != expected:
+        raise AssertionError(f"a method returned {k} tokens, {expected} were requested")
+    sizes = tokens.sizes if tokens.sizes is not None else np.ones(n, np.int64)
+    weights = np.maximum(sizes, 1).astype(np.float64)  # a token with no patch (an included CLS) counts once
+    groups = _group_sums(assign, k, weights)
+    if result.values is not None:
+        values = np.asarray(result.values, dtype=tokens.values.dtype)
+    elif tokens.is_hard:
+        values = tokens.values[_first_member(assign, k)]
+    else:
+        values = (_group_sums(assign, k, weights[:, None] * tokens.values) / np.maximum(groups, 1e-12)[:, None])
+        values = values.astype(tokens.values.dtype)
+    if tokens.source is not None:
+        old = tokens.source
+        source = np.where(old >= 0, assign[np.maximum(old, 0)], -1)
+        base_grid = tokens.base_grid
+    else:  # no provenance yet: the input tokens are the base
+        source, base_grid = assign.copy(), (1, n)
+    boxes = None
+    if tokens.boxes is not None:
+        boxes = np.zeros((k, 4), np.float32)
+        boxes[:, :2], boxes[:, 2:] = np.inf, -np.inf
+        np.minimum.at(boxes[:, 0], assign[assign >= 0], tokens.boxes[assign >= 0, 0])
+        np.minimum.at(boxes[:, 1], assign[assign >= 0], tokens.boxes[assign >= 0, 1])
+        np.maximum.at(boxes[:, 2], assign[assign >= 0], tokens.boxes[assign >= 0, 2])
+        np.maximum.at(boxes[:, 3], assign[assign >= 0], tokens.boxes[assign >= 0, 3])
+    extras = {}
+    for key, value in tokens.extras.items():
+        extras[key] = _reduce_extra(key, value, assign, k, weights, groups, n)
+    meta = dict(tokens.meta)
+    if result.grid is not None and result.grid[0] * result.grid[1] != k:
+        raise AssertionError(f"a method gave grid {result.grid} for {k} tokens")
+    return Tokens(values, grid=result.grid, boxes=boxes, source=source, base_grid=base_grid, extras=extras, meta=meta)
+
+
+def _group_sums(assign: np.ndarray, k: int, values: np.ndarray) -> np.ndarray:
+    keep = assign >= 0
+    out = np.zeros((k, *values.shape[1:]), np.float64)
+    np.add.at(out, assign[keep], values[keep])
+    return out
+
+
+def _first_member(assign: np.ndarray, k: int) -> np.ndarray:
+    first = np.full(k, -1, np.int64)
+    for i in range(len(assign) - 1, -1, -1):
+        if assign[i] >= 0:
+            first[assign[i]] = i
+    return first
+
+
+def _reduce_extra(key: str, value: np.ndarray, assign: np.ndarray, k: int, weights: np.ndarray,
+                  groups: np.ndarray, n: int) -> np.ndarray:
+    if key in _IMAGE_LEVEL or value.ndim == 0:
+        return value
+    if key.endswith("_heads") and value.ndim == 2 and value.shape[1] == n:  # (H, N)
+        return _group_sums(assign, k, value.T.astype(np.float64)).T.astype(value.dtype)
+    if value.shape[0] != n or not np.issubdtype(value.dtype, np.number):
+        return value
+    if key in _SUMMED:
+        return _group_sums(assign, k, value.astype(np.float64)).astype(value.dtype)
+    w = weights.reshape(-1, *([1] * (value.ndim - 1)))
+    mean = _group_sums(assign, k, w * value.astype(np.float64))
+    return (mean / np.maximum(groups, 1e-12).reshape(-1, *([1] * (value.ndim - 1)))).astype(value.dtype)
+
+
+def select(n: int, kept: np.ndarray) -> Reduction:
+    """A selection: the ``kept`` input indices stay, in input order; the rest are dropped."""
+    kept = np.unique(np.asarray(kept, dtype=np.int64))
+    assign = np.full(n, -1, np.int64)
+    assign[kept] = np.arange(len(kept))
+    return Reduction(assign)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest scores; ties go to the earlier token (a stable, deterministic order)."""
+    return np.argsort(-np.asarray(scores, np.float64), kind="stable")[:k]
