@@ -3,6 +3,8 @@ core's own behaviour and the built-in simple methods against hand-computed refer
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -78,8 +80,10 @@ def test_exact_count_provenance_and_determinism(method, source, real):
     assert out.meta["reductions"][-1]["method"] == method and out.meta["reductions"][-1]["from"] == len(tokens)
     assert out.dim == tokens.dim and out.values.dtype == tokens.values.dtype
     assert_provenance(tokens, out, info.averages)
-    if info.merges:
-        assert out.sizes.sum() == len(tokens)  # merging loses no patch
+    if info.merges and info.averages:
+        assert out.sizes.sum() == len(tokens)  # averaging merges lose no patch
+    elif info.merges:
+        assert out.sizes.sum() <= len(tokens)  # PruMerge drops tokens no kept token claims
     else:
         kept = np.unique(tokens.source[out.source >= 0])
         assert out.sizes.max() == 1 and len(kept) == len(out)
@@ -111,7 +115,7 @@ def test_missing_signals_name_the_signal_and_where_to_get_it(method):
     if not info.needs:
         assert len(vistok.reduce(bare, method, **keep_for(method, bare, 12))) >= 1
         return
-    with pytest.raises(ValueError, match=rf"{method} needs the '{info.needs[0]}' signal.*efficientnet-lite0"):
+    with pytest.raises(ValueError, match=rf"{re.escape(method)} needs the '{info.needs[0]}' signal.*efficientnet-lite0"):
         vistok.reduce(bare, method, keep=12)
     # the same signal passed by hand works
     given = {name: synthetic().extras[name] for name in info.needs}

@@ -169,7 +169,7 @@ def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None =
         else:
             known = sorted({*info.needs, *info.uses, *info.options})
             raise TypeError(f"{method} takes no option {key!r} (it takes: {', '.join(known) or 'none'})")
-    sized = [name for name in info.sizing if options.get(name) is not None]
+    sized = [name for name in info.sizing if options.get(name) not in (None, False)]
     if sized and (keep is not None or ratio is not None):
         raise ValueError(f"{method}: give either keep/ratio or {sized[0]}=, not both")
     k = None if sized else keep_count(n, keep, ratio)
@@ -239,10 +239,13 @@ def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None) ->
     sizes = tokens.sizes if tokens.sizes is not None else np.ones(n, np.int64)
     weights = np.maximum(sizes, 1).astype(np.float64)  # a token with no patch (an included CLS) counts once
     groups = _group_sums(assign, k, weights)
+    members = np.bincount(assign[assign >= 0], minlength=k)
+    single = bool((members == 1).all())  # a pure selection: gather rows instead of averaging
+    first = _first_member(assign, k) if single or tokens.is_hard else None
     if result.values is not None:
         values = np.asarray(result.values, dtype=tokens.values.dtype)
-    elif tokens.is_hard:
-        values = tokens.values[_first_member(assign, k)]
+    elif tokens.is_hard or single:
+        values = tokens.values[first]
     else:
         values = (_group_sums(assign, k, weights[:, None] * tokens.values) / np.maximum(groups, 1e-12)[:, None])
         values = values.astype(tokens.values.dtype)
@@ -262,6 +265,13 @@ def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None) ->
         np.maximum.at(boxes[:, 3], assign[assign >= 0], tokens.boxes[assign >= 0, 3])
     extras = {}
     for key, value in tokens.extras.items():
+        if single and key not in _IMAGE_LEVEL and value.ndim >= 1:
+            if key.endswith("_heads") and value.ndim == 2 and value.shape[1] == n:
+                extras[key] = value[:, first]
+                continue
+            if value.shape[0] == n:
+                extras[key] = value[first]
+                continue
         extras[key] = _reduce_extra(key, value, assign, k, weights, groups, n)
     meta = dict(tokens.meta)
     if result.grid is not None and result.grid[0] * result.grid[1] != k:
@@ -270,17 +280,25 @@ def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None) ->
 
 
 def _group_sums(assign: np.ndarray, k: int, values: np.ndarray) -> np.ndarray:
-    keep = assign >= 0
+    """``(k, ...)`` sums of ``values`` rows per output id (``-1`` rows left out): one stable sort and
+    ``np.add.reduceat``, several times faster than ``np.add.at`` on wide rows."""
+    keep = np.flatnonzero(assign >= 0)
     out = np.zeros((k, *values.shape[1:]), np.float64)
-    np.add.at(out, assign[keep], values[keep])
+    if len(keep) == 0:
+        return out
+    ids = assign[keep]
+    order = np.argsort(ids, kind="stable")
+    ids, rows = ids[order], np.asarray(values, np.float64)[keep[order]]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    out[ids[starts]] = np.add.reduceat(rows, starts, axis=0)
     return out
 
 
 def _first_member(assign: np.ndarray, k: int) -> np.ndarray:
-    first = np.full(k, -1, np.int64)
-    for i in range(len(assign) - 1, -1, -1):
-        if assign[i] >= 0:
-            first[assign[i]] = i
+    """``(k,)`` the smallest input index assigned to each output id."""
+    first = np.full(k, len(assign), np.int64)
+    keep = np.flatnonzero(assign >= 0)
+    np.minimum.at(first, assign[keep], keep)
     return first
 
 
