@@ -165,7 +165,7 @@ def test_hard_tokens_can_be_selected_not_merged():
     ids = vistok.Tokens.from_grid(np.arange(48) % 7, (6, 8), meta={"vocab_size": 7})
     kept = vistok.reduce(ids, "stride", keep=6)
     np.testing.assert_array_equal(kept.values, (np.floor((np.arange(6) + 0.5) * 8)).astype(int) % 7)
-    with pytest.raises(ValueError, match="merges vectors"):
+    with pytest.raises(ValueError, match="works on token vectors"):
         vistok.reduce(ids, "pool", factor=2)
 
 

@@ -185,7 +185,7 @@ def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None =
     for name, value in list(signals.items()):
         signals[name] = _check_signal(name, value, n)
     if info.soft_only and tokens.is_hard:
-        raise ValueError(f"{method} merges vectors, and these tokens are hard ids; use a selecting method "
+        raise ValueError(f"{method} works on token vectors, and these tokens are hard ids; use a selecting method "
                          f"({', '.join(m for m in list_methods() if not _METHODS[m].soft_only)})")
     if info.needs_grid:
         if tokens.grid is None:
