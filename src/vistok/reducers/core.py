@@ -238,17 +238,16 @@ def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None) ->
         raise AssertionError(f"a method returned {k} tokens, {expected} were requested")
     sizes = tokens.sizes if tokens.sizes is not None else np.ones(n, np.int64)
     weights = np.maximum(sizes, 1).astype(np.float64)  # a token with no patch (an included CLS) counts once
-    groups = _group_sums(assign, k, weights)
     members = np.bincount(assign[assign >= 0], minlength=k)
     single = bool((members == 1).all())  # a pure selection: gather rows instead of averaging
     first = _first_member(assign, k) if single or tokens.is_hard else None
+    groups = _Groups(assign, k, weights)
     if result.values is not None:
         values = np.asarray(result.values, dtype=tokens.values.dtype)
     elif tokens.is_hard or single:
         values = tokens.values[first]
     else:
-        values = (_group_sums(assign, k, weights[:, None] * tokens.values) / np.maximum(groups, 1e-12)[:, None])
-        values = values.astype(tokens.values.dtype)
+        values = groups.mean(tokens.values).astype(tokens.values.dtype)
     if tokens.source is not None:
         old = tokens.source
         source = np.where(old >= 0, assign[np.maximum(old, 0)], -1)
@@ -272,26 +271,34 @@ def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None) ->
             if value.shape[0] == n:
                 extras[key] = value[first]
                 continue
-        extras[key] = _reduce_extra(key, value, assign, k, weights, groups, n)
+        extras[key] = _reduce_extra(key, value, groups, n)
     meta = dict(tokens.meta)
     if result.grid is not None and result.grid[0] * result.grid[1] != k:
         raise AssertionError(f"a method gave grid {result.grid} for {k} tokens")
     return Tokens(values, grid=result.grid, boxes=boxes, source=source, base_grid=base_grid, extras=extras, meta=meta)
 
 
-def _group_sums(assign: np.ndarray, k: int, values: np.ndarray) -> np.ndarray:
-    """``(k, ...)`` sums of ``values`` rows per output id (``-1`` rows left out): one stable sort and
-    ``np.add.reduceat``, several times faster than ``np.add.at`` on wide rows."""
-    keep = np.flatnonzero(assign >= 0)
-    out = np.zeros((k, *values.shape[1:]), np.float64)
-    if len(keep) == 0:
-        return out
-    ids = assign[keep]
-    order = np.argsort(ids, kind="stable")
-    ids, rows = ids[order], np.asarray(values, np.float64)[keep[order]]
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    out[ids[starts]] = np.add.reduceat(rows, starts, axis=0)
-    return out
+class _Groups:
+    """Sums and size-weighted means over the output groups of an assignment, as sparse ``(k, N)`` one-hot
+    products (scipy): one matrix build, then about 1 ms per ``576 x 1024`` array (``np.add.at``: ~10 ms)."""
+
+    def __init__(self, assign: np.ndarray, k: int, weights: np.ndarray) -> None:
+        from scipy.sparse import csr_matrix
+
+        keep = np.flatnonzero(assign >= 0)
+        shape = (k, len(assign))
+        self.ones = csr_matrix((np.ones(len(keep)), (assign[keep], keep)), shape=shape)
+        self.weighted = csr_matrix((weights[keep], (assign[keep], keep)), shape=shape)
+        self.total = np.maximum(np.asarray(self.weighted.sum(axis=1)).reshape(-1), 1e-12)
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        flat = np.asarray(values).reshape(len(values), -1)
+        return np.asarray(self.ones @ flat).reshape(self.ones.shape[0], *np.shape(values)[1:])
+
+    def mean(self, values: np.ndarray) -> np.ndarray:
+        flat = np.asarray(values).reshape(len(values), -1)
+        out = np.asarray(self.weighted @ flat) / self.total[:, None]
+        return out.reshape(self.ones.shape[0], *np.shape(values)[1:])
 
 
 def _first_member(assign: np.ndarray, k: int) -> np.ndarray:
@@ -302,19 +309,16 @@ def _first_member(assign: np.ndarray, k: int) -> np.ndarray:
     return first
 
 
-def _reduce_extra(key: str, value: np.ndarray, assign: np.ndarray, k: int, weights: np.ndarray,
-                  groups: np.ndarray, n: int) -> np.ndarray:
+def _reduce_extra(key: str, value: np.ndarray, groups: _Groups, n: int) -> np.ndarray:
     if key in _IMAGE_LEVEL or value.ndim == 0:
         return value
     if key.endswith("_heads") and value.ndim == 2 and value.shape[1] == n:  # (H, N)
-        return _group_sums(assign, k, value.T.astype(np.float64)).T.astype(value.dtype)
+        return groups.sum(value.T.astype(np.float64)).T.astype(value.dtype)
     if value.shape[0] != n or not np.issubdtype(value.dtype, np.number):
         return value
     if key in _SUMMED:
-        return _group_sums(assign, k, value.astype(np.float64)).astype(value.dtype)
-    w = weights.reshape(-1, *([1] * (value.ndim - 1)))
-    mean = _group_sums(assign, k, w * value.astype(np.float64))
-    return (mean / np.maximum(groups, 1e-12).reshape(-1, *([1] * (value.ndim - 1)))).astype(value.dtype)
+        return groups.sum(value.astype(np.float64)).astype(value.dtype)
+    return groups.mean(value).astype(value.dtype)
 
 
 def select(n: int, kept: np.ndarray) -> Reduction:

@@ -19,6 +19,14 @@ embeds each, prepends a CLS token (and, in DINOv2 with registers, a few register
   ``softmax(q_cls . K^T / sqrt(d_head))`` from that block's own query/key projections, so the fast attention
   kernel still runs. ``keys``: ``extras["keys"]`` ``(N, D)`` of the same block, the similarity ToMe uses
   (Bolya et al., "Token Merging", ICLR 2023).
+* ``tome_r``: with ``r > 0`` the model runs with ToMe (Bolya et al., "Token Merging: Your ViT but Faster", ICLR
+  2023; :mod:`vistok.reducers.tome_patch`): every block up to the chosen one merges ``r`` patch tokens after
+  its attention, with proportional attention and size-weighted averages, CLS and registers never merged
+  (``min(r, n // 2)`` per block). The tokens are then the merged ones: ``grid`` is None, ``source`` /
+  ``base_grid`` say which patches each stands for (``sizes``), ``count`` gives their number without weights.
+  ``cls_attention`` (summed over each merge) and ``keys`` (size-weighted mean) come from the chosen block's
+  attention, as that block ran it (with its proportional term); ``saliency`` is averaged over each token's
+  patches, the head itself seeing the final merged tokens spread back over their patches.
 * ``focus-vit-s14`` (see :mod:`vistok.weights.focus_vit`) also has a saliency head:
   ``extras["saliency"]`` ``(N,)`` is its sigmoid map averaged over each patch (``saliency_map`` ``(H, W)``
   keeps the full map at the working size).
@@ -72,6 +80,7 @@ class _Options:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     batch_size: int = 16
+    tome_r: int = 0
 
 
 @dataclass
@@ -88,7 +97,8 @@ class ViTConfig(_Options):
     resize: ``"fit"`` scales the longer side to ``size`` (up or down) keeping the aspect ratio, each side rounded
     to a whole number of patches; ``"crop"`` resizes the shorter side to ``size`` and centre-crops a square;
     ``"square"`` resizes to ``size x size``. size, resample, rescale, mean, std: None takes them from the
-    checkpoint (``preprocessor_config.json``). batch_size: images per forward pass.
+    checkpoint (``preprocessor_config.json``). batch_size: images per forward pass. tome_r: ToMe merges per
+    block (0 = off; see the module docstring).
     """
 
     model: str = FOCUS
@@ -149,6 +159,10 @@ class ViTTokenizer:
             raise ValueError(f"batch_size must be a positive integer, got {c.batch_size!r}")
         if getattr(c, "backend", "torch") not in ("torch", "onnxruntime"):
             raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {c.backend!r}")
+        if isinstance(c.tome_r, bool) or not isinstance(c.tome_r, int) or c.tome_r < 0:
+            raise ValueError(f"tome_r must be a whole number >= 0 (tokens ToMe merges per block), got {c.tome_r!r}")
+        if c.tome_r and getattr(c, "backend", "torch") == "onnxruntime":
+            raise ValueError("tome_r patches the PyTorch model; the onnxruntime graph is fixed (use backend='torch')")
         self._source_info: _Source | None = None
         self._model: Any = None
         self._head: Any = None
@@ -214,7 +228,12 @@ class ViTTokenizer:
     def count(self, width: int, height: int) -> int:
         """Number of tokens for an image of this size; needs no weights."""
         w, h = self.working_size(width, height)
-        return (w // self.patch) * (h // self.patch) + (self.config.cls == "include")
+        n = (w // self.patch) * (h // self.patch)
+        if self.config.tome_r:
+            from vistok.reducers.tome_patch import merged_count
+
+            n = merged_count(n, self.config.tome_r, self.layer)
+        return n + (self.config.cls == "include")
 
     # -- loading ---------------------------------------------------------------------------------
     def check(self) -> None:
@@ -302,11 +321,12 @@ class ViTTokenizer:
         import torch
 
         rows, cols = pixels.shape[2] // self.patch, pixels.shape[3] // self.patch
+        merged = None  # with ToMe: (B, rows * cols) the merged patch token of each patch
         if self._onnx is not None:
             seq, keys, sal_map, attn = self._forward_onnx(pixels.numpy())
         else:
             with torch.inference_mode():
-                seq, keys, sal_map, attn = self._forward_torch(pixels, (rows, cols))
+                seq, keys, sal_map, attn, merged = self._forward_torch(pixels, (rows, cols))
         r = self.source.registers
         include = self.config.cls == "include"
         first = 0 if include else 1 + r
@@ -327,14 +347,29 @@ class ViTTokenizer:
             if sal_map is not None:
                 p = self.patch
                 per_patch = sal_map[b].reshape(rows, p, cols, p).mean(axis=(1, 3)).reshape(-1)
+                if merged is not None:  # the mean over each merged token's patches
+                    per_patch = np.bincount(merged[b], per_patch) / np.bincount(merged[b])
                 extras["saliency"] = (np.r_[sal_map[b].mean(), per_patch] if include else per_patch).astype(np.float32)
                 if getattr(self.config, "saliency_map", False):
                     extras["saliency_map"] = sal_map[b].astype(np.float32)
             values = np.ascontiguousarray(seq[b][keep], dtype=np.float32)
-            results.append(self._layout(values, (rows, cols), extras))
+            results.append(self._layout(values, (rows, cols), extras, None if merged is None else merged[b]))
         return results
 
-    def _layout(self, values: np.ndarray, grid: tuple[int, int], extras: dict[str, np.ndarray]) -> Tokens:
+    def _layout(self, values: np.ndarray, grid: tuple[int, int], extras: dict[str, np.ndarray],
+                merged: np.ndarray | None = None) -> Tokens:
+        if merged is not None:  # ToMe tokens: no grid, the source map says which patches each stands for
+            include = self.config.cls == "include"
+            if not include:
+                return Tokens(values, source=merged, base_grid=grid, extras=extras)
+            rows, cols = grid
+            r, c = np.divmod(np.arange(rows * cols), cols)
+            boxes = np.tile(np.array([[np.inf, np.inf, -np.inf, -np.inf]]), (len(values) - 1, 1))
+            for column, edge, combine in ((0, c / cols, np.minimum), (1, r / rows, np.minimum),
+                                          (2, (c + 1) / cols, np.maximum), (3, (r + 1) / rows, np.maximum)):
+                combine.at(boxes[:, column], merged, edge)
+            boxes = np.concatenate([[[0.0, 0.0, 1.0, 1.0]], boxes]).astype(np.float32)
+            return Tokens(values, boxes=boxes, source=merged + 1, base_grid=grid, extras=extras)
         if self.config.cls == "separate":
             return Tokens.from_grid(values, grid, extras=extras)
         # CLS first with the whole image as its box, then the patches with their cells, as fractions of the
@@ -353,10 +388,18 @@ class ViTTokenizer:
         saliency = self._head is not None and self._wants_saliency()
         captured: dict[str, Any] = {}
         hooks = []
+        tome: dict[str, Any] = {}  # with tome_r: the handle, and its state when the chosen block has run
 
         def keep(name: str, stop: bool) -> Any:
             def hook(module: Any, args: Any, output: Any) -> None:
                 captured[name] = output[0] if isinstance(output, tuple) else output
+                if name == "hidden" and "handle" in tome:
+                    handle = tome["handle"]
+                    if layer == 0:  # the embeddings: nothing merged yet
+                        n = captured[name].shape[1] - handle.protected
+                        tome["source"] = torch.arange(n).expand(captured[name].shape[0], n)
+                    else:
+                        tome.update(source=handle.source, assign=handle.last_assign, size=handle.last_size)
                 if stop:
                     raise _Stop
 
@@ -373,15 +416,26 @@ class ViTTokenizer:
         output = None
         with _model_lock(model):
             try:
+                if self.config.tome_r:  # patched for this pass only: the model is shared with other tokenizers
+                    from vistok.reducers.tome_patch import patch
+
+                    tome["handle"] = patch(model, self.config.tome_r, protected=1 + self.source.registers)
                 output = model(pixel_values=pixels, **kwargs)
             except _Stop:
                 pass
             finally:
                 for h in hooks:
                     h.remove()
+                if "handle" in tome:
+                    from vistok.reducers.tome_patch import unpatch
+
+                    tome["final"] = tome["handle"].source
+                    unpatch(model)
         hidden = captured["hidden"]
         if self.config.norm:
             hidden = model.layernorm(hidden)
+        protected = 1 + self.source.registers
+        assign, size = tome.get("assign"), tome.get("size")  # the chosen block's merge, the sizes it saw
         attn = None
         if want_attn:
             heads = model.config.num_attention_heads
@@ -391,17 +445,40 @@ class ViTTokenizer:
             k_h = k.reshape(b, t, heads, d // heads).transpose(1, 2)  # (B, H, T, dh)
             # one image at a time: batched matmul kernels may round differently for other batch sizes, and a
             # token must not depend on which other images shared its batch
-            attn = np.stack([torch.softmax((q_cls[i] @ k_h[i].transpose(-1, -2)) * (d // heads) ** -0.5, dim=-1)[:, 0]
-                             .numpy() for i in range(b)])
-        keys = captured["k"].numpy() if self.config.keys else None
+            rows = []
+            for i in range(b):
+                logits = (q_cls[i] @ k_h[i].transpose(-1, -2)) * (d // heads) ** -0.5  # (H, 1, T)
+                if size is not None:  # ToMe's proportional attention, as the block ran it
+                    logits[..., protected:] += size[i].log()
+                weights = torch.softmax(logits, dim=-1)[:, 0]
+                if assign is not None:  # attention to a merged token: the sum over its members
+                    summed = weights.new_zeros(heads, int(assign[i].max()) + 1).index_add_(1, assign[i],
+                                                                                          weights[:, protected:])
+                    weights = torch.cat([weights[:, :protected], summed], dim=1)
+                rows.append(weights.numpy())
+            attn = np.stack(rows)
+        keys = None
+        if self.config.keys:
+            keys = captured["k"]
+            if assign is not None:  # size-weighted mean over each merge
+                w = torch.ones(assign.shape) if size is None else size
+                index = assign[..., None].expand(-1, -1, keys.shape[-1])
+                total = w.new_zeros(assign.shape[0], int(assign.max()) + 1).scatter_add_(1, assign, w)
+                sums = keys.new_zeros(*total.shape, keys.shape[-1]).scatter_add_(1, index,
+                                                                                keys[:, protected:] * w[..., None])
+                keys = torch.cat([keys[:, :protected], sums / total[..., None]], dim=1)
+            keys = keys.numpy()
         sal_map = None
         if saliency:
             from vistok.weights.focus_vit import saliency_from_tokens
 
-            final = output.last_hidden_state[:, 1:]  # per image, for the same reason as above
+            final = output.last_hidden_state[:, protected:]  # per image, for the same reason as above
+            if "final" in tome:  # the head needs the grid: each patch gets the final token it merged into
+                final = final.gather(1, tome["final"][..., None].expand(-1, -1, final.shape[-1]))
             sal_map = np.concatenate([saliency_from_tokens(self._head, final[i:i + 1], grid, tuple(pixels.shape[2:]))
                                       .numpy() for i in range(len(final))])
-        return hidden.numpy(), keys, sal_map, attn
+        merged = tome["source"].numpy() if "source" in tome else None
+        return hidden.numpy(), keys, sal_map, attn, merged
 
     def _forward_onnx(self, pixels: np.ndarray) -> tuple[Any, ...]:
         layer = self.layer
