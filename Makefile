@@ -29,6 +29,8 @@ bench: $(BIN)/python
 	$(BIN)/python benchmarks/bench_count.py
 	$(BIN)/python benchmarks/bench_preprocess.py
 	$(BIN)/python benchmarks/bench_knn.py
+	$(BIN)/python benchmarks/reduce_quality.py --plot docs/reduce-quality.png
+	$(BIN)/python benchmarks/reduce_speed.py
 
 clean:
 	rm -rf $(VENV) vistok-demo .pytest_cache .hypothesis
