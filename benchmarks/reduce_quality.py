@@ -40,7 +40,7 @@ import vistok
 from vistok.reducers import method_info
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_knn import knn_accuracy, load_split, upscale  # noqa: E402
+from bench_knn import knn_accuracy, load_split, table, upscale  # noqa: E402
 
 RATIOS = (Fraction(1, 16), Fraction(1, 8), Fraction(1, 4), Fraction(1, 2))
 ENCODERS = {"focus-vit-s14": {"keys": True}, "efficientnet-lite0": {}}
@@ -130,10 +130,11 @@ def plot(curves: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(encoders), figsize=(6 * len(encoders), 4.2), squeeze=False)
     for ax, encoder in zip(axes[0], encoders):
         methods = sorted({m for (e, m, w) in curves if e == encoder})
+        colours = plt.get_cmap("tab20").colors
         for i, method in enumerate(methods):
             points = sorted(curves[(encoder, method, False)])
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method,
-                    linestyle="-" if i < 10 else "--")
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="os^Dv<>ph*X"[i % 11], label=method,
+                    color=colours[(2 * i) % 20 if i < 10 else 2 * (i - 10) + 1])
         ax.set_xscale("log", base=2)
         ax.set_xlabel("fraction of tokens kept")
         ax.set_ylabel("k-NN accuracy / full-token accuracy (unweighted mean)")
@@ -144,16 +145,6 @@ def plot(curves: dict, path: str) -> None:
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-
-
-def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> str:
-    if markdown:
-        lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))
-    return "\n".join([title, fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-                     + [fmt.format(*r) for r in rows]) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
