@@ -14,7 +14,7 @@ from rich.table import Table
 
 app = typer.Typer(
     name="vistok",
-    help="Turn images into the tokens vision and multimodal models consume: tokenize, draw, fit and inspect.",
+    help="Turn images into the tokens vision and multimodal models consume: tokenize, draw, classify, shrink (--reduce), count what they cost in VLMs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
