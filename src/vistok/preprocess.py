@@ -52,7 +52,8 @@ from PIL import Image
 
 from vistok.images import ImageInput, _open_encoded, _orientation, open_image, probe_size, source_name
 
-__all__ = ["Preprocess", "preprocess", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD"]
+__all__ = ["Preprocess", "preprocess", "sized_inputs", "batches", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN",
+           "CLIP_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -322,3 +323,30 @@ def preprocess(images: Sequence[ImageInput] | ImageInput, cfg: Preprocess, *, th
         raise ValueError(f"images came out in different sizes ({', '.join(sizes)}); set crop=... or an exact "
                          "size=(height, width) to batch images of different shapes")
     return torch.from_numpy(np.stack(arrays))
+
+
+def sized_inputs(items: Sequence[ImageInput]) -> tuple[list[ImageInput], list[tuple[int, int]]]:
+    """Each input ready for :func:`preprocess`, and its ``(width, height)``. Files are only probed (header),
+    so that :func:`preprocess` can still decode them at reduced scale; other inputs are opened once here."""
+    ready: list[ImageInput] = []
+    sizes: list[tuple[int, int]] = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            sizes.append(probe_size(item))
+            ready.append(item)
+        else:
+            rgb = open_image(item)
+            sizes.append(rgb.size)
+            ready.append(rgb)
+    return ready, sizes
+
+
+def batches(sizes: Sequence[tuple[int, int]], working: Any, batch_size: int) -> list[tuple[Any, list[int]]]:
+    """``[(working size, indices)]``: the inputs grouped by ``working(width, height)`` (one tensor shape per
+    batch), in input order within a group, cut into chunks of at most ``batch_size``."""
+    groups: dict[Any, list[int]] = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(working(*size), []).append(index)
+    step = max(1, int(batch_size))
+    return [(key, members[start:start + step]) for key, members in groups.items()
+            for start in range(0, len(members), step)]

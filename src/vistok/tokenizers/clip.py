@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -47,8 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from vistok.images import ImageInput, probe_size
-from vistok.preprocess import Preprocess, preprocess
+from vistok.images import ImageInput
+from vistok.hub import offline_reason
+from vistok.preprocess import Preprocess, batches, preprocess, sized_inputs
 from vistok.registry import register_tokenizer
 from vistok.tokens import Tokens
 
@@ -128,17 +128,6 @@ class _Spec:
 
 # -- finding the files --------------------------------------------------------------------------
 
-def _offline() -> bool:
-    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    if any(v.strip().upper() in {"1", "ON", "YES", "TRUE"} for v in flags):
-        return True
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return True
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def _locate(name: str, model: str | None, patterns: list[str]) -> Path:
     """A local path for ``model``: an existing file or folder, or a hub repo from the local cache or
     (when online) downloaded with only the files matching ``patterns``."""
@@ -162,10 +151,11 @@ def _locate(name: str, model: str | None, patterns: list[str]) -> Path:
         return Path(snapshot_download(model, allow_patterns=patterns, local_files_only=True))
     except Exception:  # noqa: BLE001 - not in the local cache; try the hub below
         pass
-    if _offline():
+    reason = offline_reason()
+    if reason:
         raise FileNotFoundError(
-            f"no local weights at {model!r} and the Hugging Face hub is not reachable (offline: HF_HUB_OFFLINE "
-            f"is set); download the repository elsewhere and pass its folder: {example}"
+            f"no local weights at {model!r} and the Hugging Face hub is not reachable (offline: {reason}); download the "
+            f"repository elsewhere and pass its folder: {example}"
         )
     try:
         return Path(snapshot_download(model, allow_patterns=patterns))
@@ -637,29 +627,22 @@ class ContrastiveTokenizer:
         import torch
 
         model = self._loaded()
-        sizes = [probe_size(item) for item in items]
-        outputs = [self.preprocessing.output_size(*s) for s in sizes]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, out in enumerate(outputs):
-            groups.setdefault(out, []).append(index)
+        ready, sizes = sized_inputs(items)
         results: list[Tokens | None] = [None] * len(items)
-        step = self.config.batch_size
-        for indices in groups.values():
-            for start in range(0, len(indices), step):
-                chunk = indices[start:start + step]
-                pixels = preprocess([items[i] for i in chunk], self.preprocessing)
-                with torch.inference_mode():
-                    maps, cls, embedding = model.images(pixels)
-                maps = maps.float().cpu().numpy()
-                for j, i in enumerate(chunk):
-                    rows, cols, dim = maps.shape[1:]
-                    extras = {"embedding": embedding[j].float().cpu().numpy()}
-                    if cls is not None:
-                        extras["cls"] = cls[j].float().cpu().numpy()
-                    results[i] = Tokens.from_grid(
-                        np.ascontiguousarray(maps[j].reshape(rows * cols, dim)), (rows, cols), extras=extras,
-                        meta=self._meta(sizes[i], (pixels.shape[3], pixels.shape[2])),
-                    )
+        for _, chunk in batches(sizes, self.preprocessing.output_size, self.config.batch_size):
+            pixels = preprocess([ready[i] for i in chunk], self.preprocessing)
+            with torch.inference_mode():
+                maps, cls, embedding = model.images(pixels)
+            maps = maps.float().cpu().numpy()
+            for j, i in enumerate(chunk):
+                rows, cols, dim = maps.shape[1:]
+                extras = {"embedding": embedding[j].float().cpu().numpy()}
+                if cls is not None:
+                    extras["cls"] = cls[j].float().cpu().numpy()
+                results[i] = Tokens.from_grid(
+                    np.ascontiguousarray(maps[j].reshape(rows * cols, dim)), (rows, cols), extras=extras,
+                    meta=self._meta(sizes[i], (pixels.shape[3], pixels.shape[2])),
+                )
         return results  # type: ignore[return-value]
 
     def _meta(self, image_size: tuple[int, int], working: tuple[int, int]) -> dict[str, Any]:

@@ -33,8 +33,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from vistok.images import ImageInput, open_image, probe_size
-from vistok.preprocess import Preprocess, preprocess
+from vistok.images import ImageInput
+from vistok.hub import offline_reason
+from vistok.preprocess import Preprocess, batches, preprocess, sized_inputs
 from vistok.registry import register_tokenizer
 from vistok.tokens import Tokens
 
@@ -145,23 +146,6 @@ def _import_timm() -> Any:
     except ImportError as err:  # pragma: no cover - timm is a dependency of the encoder extra
         raise ImportError("the cnn tokenizers need timm: pip install 'timm>=1.0'") from err
     return timm
-
-
-def _hub_offline_reason() -> str | None:
-    """Why the Hugging Face hub cannot be used now, or None when it looks reachable (quick, never hangs)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # through a proxy: let the download itself succeed or fail
-    import socket
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-    except OSError:
-        return f"{host} is not reachable (offline)"
-    return None
 
 
 def _hub_error(model: str, reason: str) -> FileNotFoundError:
@@ -297,7 +281,7 @@ def _skeleton(arch: str) -> Any:
 
     timm = _import_timm()
     if arch.startswith("hf-hub:"):
-        reason = _hub_offline_reason()
+        reason = offline_reason()
         if reason:
             raise _hub_error(arch, reason)
     elif not timm.is_model(arch):
@@ -486,7 +470,7 @@ class CnnTokenizer:
         arch = self.architecture
         path = self._weights_path
         if path is None and arch not in _PACKAGED:
-            reason = _hub_offline_reason()
+            reason = offline_reason()
             if reason:
                 raise _hub_error(arch, reason)
             try:
@@ -534,28 +518,14 @@ class CnnTokenizer:
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         pre = self.preprocess_config
-        sizes, inputs = [], []
-        for image in items:  # sizes for meta; files are only probed here and decoded (drafted) by preprocess
-            if isinstance(image, (str, os.PathLike)):
-                sizes.append(probe_size(image))
-                inputs.append(image)
-            else:
-                rgb = open_image(image)
-                sizes.append(rgb.size)
-                inputs.append(rgb)
+        inputs, sizes = sized_inputs(items)  # files are only probed here and decoded (drafted) by preprocess
         model = self._model()
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, size in enumerate(sizes):
-            groups.setdefault(pre.output_size(*size), []).append(i)
         out: list[Tokens | None] = [None] * len(items)
-        step = max(1, int(self._options.batch_size))
-        for indices in groups.values():
-            for start in range(0, len(indices), step):
-                chunk = indices[start:start + step]
-                batch = preprocess([inputs[i] for i in chunk], pre)
-                for i, tokens in zip(chunk, self._encode_batch(model, batch)):
-                    tokens.meta.update(image_size=list(sizes[i]), crop_box=_crop_box(pre, *sizes[i]))
-                    out[i] = tokens
+        for _, chunk in batches(sizes, pre.output_size, self._options.batch_size):
+            batch = preprocess([inputs[i] for i in chunk], pre)
+            for i, tokens in zip(chunk, self._encode_batch(model, batch)):
+                tokens.meta.update(image_size=list(sizes[i]), crop_box=_crop_box(pre, *sizes[i]))
+                out[i] = tokens
         return out[0] if single else out  # type: ignore[return-value]
 
     def _encode_batch(self, model: Any, batch: Any) -> list[Tokens]:

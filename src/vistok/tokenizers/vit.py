@@ -46,7 +46,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vistok.images import open_image, probe_size
+from vistok.hub import offline_reason
+from vistok.preprocess import batches, sized_inputs
 from vistok.registry import register_tokenizer
 from vistok.tokens import Tokens
 
@@ -276,29 +277,16 @@ class ViTTokenizer:
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         _ = self.layer  # validates before any work
-        prepared, sizes = [], []
-        for item in items:
-            if isinstance(item, (str, os.PathLike)):
-                sizes.append(probe_size(item))
-                prepared.append(item)
-            else:
-                rgb = open_image(item)
-                sizes.append(rgb.size)
-                prepared.append(rgb)
+        prepared, sizes = sized_inputs(items)
         self._load()
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, size in enumerate(sizes):
-            groups.setdefault(self.working_size(*size), []).append(i)
         out: list[Tokens | None] = [None] * len(items)
-        for work, members in groups.items():
-            for start in range(0, len(members), self.config.batch_size):
-                chunk = members[start:start + self.config.batch_size]
-                pixels = self._pixels([prepared[i] for i in chunk], work)
-                for i, tokens in zip(chunk, self._run(pixels)):
-                    tokens.meta.update(self._meta(sizes[i], work))
-                    if tokens.boxes is not None:  # unit boxes -> source pixels
-                        tokens.boxes = tokens.boxes * np.array([*sizes[i], *sizes[i]], np.float32)
-                    out[i] = tokens
+        for work, chunk in batches(sizes, self.working_size, self.config.batch_size):
+            pixels = self._pixels([prepared[i] for i in chunk], work)
+            for i, tokens in zip(chunk, self._run(pixels)):
+                tokens.meta.update(self._meta(sizes[i], work))
+                if tokens.boxes is not None:  # unit boxes -> source pixels
+                    tokens.boxes = tokens.boxes * np.array([*sizes[i], *sizes[i]], np.float32)
+                out[i] = tokens
         return out[0] if single else out  # type: ignore[return-value]
 
     def _pixels(self, images: Sequence[Any], work: tuple[int, int]) -> Any:
@@ -570,21 +558,6 @@ def _source_from_files(kind: str, ref: str, config_file: Path, pre_file: Path | 
                    {k: v for k, v in pre.items() if v is not None})
 
 
-def _hub_offline() -> bool:
-    flag = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    if flag.upper() in {"1", "ON", "YES", "TRUE"}:
-        return True
-    import socket
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-    except OSError:
-        return True
-    return False
-
-
 def _offline_error(ref: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"no local weights at {ref!r} and the Hugging Face hub is not reachable (offline); pass a local folder: "
@@ -605,7 +578,7 @@ def _hub_files(ref: str) -> tuple[Path, Path | None]:
         config = fetch("config.json", True)
         local = True
     except Exception:  # noqa: BLE001 - not in the cache (or not a valid id): try the hub below
-        if _hub_offline():
+        if offline_reason() is not None:
             raise _offline_error(ref) from None
         local = False
         try:
@@ -629,7 +602,7 @@ def _load_transformers(src: _Source) -> Any:
         kwargs["add_pooling_layer"] = False
     if src.kind == "folder":
         kwargs["local_files_only"] = True
-    elif _hub_offline():
+    elif offline_reason() is not None:
         kwargs["local_files_only"] = True
     try:
         model, info = cls.from_pretrained(src.ref, **kwargs)
