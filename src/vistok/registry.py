@@ -61,20 +61,23 @@ def register_tokenizer(
     return decorate
 
 
+def import_modules(package: str, skip: tuple[str, ...] = ()) -> None:
+    """Import every module of ``package`` (by name order) except ``skip``: each registers what it defines."""
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(importlib.import_module(package).__path__), key=lambda m: m.name):
+        if info.name not in skip:
+            importlib.import_module(f"{package}.{info.name}")
+
+
 def _ensure_builtins() -> None:
     global _builtins_loaded
     if _builtins_loaded:
         return
     with _lock:
         if not _builtins_loaded:
-            import pkgutil
-
-            import vistok.tokenizers as package
-
             # every module of vistok.tokenizers registers its tokenizers; `base` holds shared plumbing
-            for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-                if info.name != "base":
-                    importlib.import_module(f"{package.__name__}.{info.name}")
+            import_modules("vistok.tokenizers", skip=("base",))
             _builtins_loaded = True
 
 

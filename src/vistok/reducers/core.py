@@ -100,15 +100,17 @@ def register_method(name: str, *, description: str, paper: str, needs: Sequence[
     return wrap
 
 
+_discovered = False
+
+
 def _discover() -> None:
-    import importlib
-    import pkgutil
+    """Import the method modules once per process (each registers itself); later calls cost nothing."""
+    global _discovered
+    if not _discovered:
+        from vistok.registry import import_modules
 
-    import vistok.reducers as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("core",):
-            importlib.import_module(f"vistok.reducers.{info.name}")
+        import_modules("vistok.reducers", skip=("core",))
+        _discovered = True
 
 
 def list_methods(pattern: str = "*") -> list[str]:
