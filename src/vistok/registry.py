@@ -6,6 +6,7 @@ built-in modules are imported lazily, on the first lookup, so ``import vistok`` 
 from __future__ import annotations
 
 import difflib
+import os
 import fnmatch
 import importlib
 import threading
@@ -103,8 +104,33 @@ def tokenizer_info(name: str) -> TokenizerInfo:
     raise KeyError(f"unknown tokenizer {name!r}; {hint}known: {', '.join(names)} (see vistok.list_tokenizers())")
 
 
-def load(name: str, **config: Any) -> Tokenizer:
-    """Create the tokenizer ``name`` with config options, e.g. ``vistok.load("patch", dim=32)``."""
+def _path_loader(name: str) -> tuple[str, str] | None:
+    """``(tokenizer, option)`` for a path that holds a model: a ``vistok train`` folder or file, or a diffusers
+    AutoencoderKL folder."""
+    if not os.path.exists(name):
+        return None
+    from vistok.tokenizers.learned import is_learned_model
+
+    if is_learned_model(name):
+        return "learned", "path"
+    from vistok.tokenizers.sd_vae import is_vae_folder
+
+    if is_vae_folder(name):
+        return "sd-vae", "model"
+    return None
+
+
+def load(name: str | os.PathLike, **config: Any) -> Tokenizer:
+    """Create the tokenizer ``name`` with config options, e.g. ``vistok.load("patch", dim=32)``. ``name`` may
+    also be a path: a folder written by ``vistok train`` or a diffusers AutoencoderKL folder."""
+    name = os.fspath(name)
+    _ensure_builtins()
+    with _lock:
+        registered = name in _registry
+    if not registered:
+        found = _path_loader(name)
+        if found is not None:
+            return load(found[0], **{found[1]: name, **config})
     info = tokenizer_info(name)
     known = info.config_fields()
     unknown = sorted(set(config) - set(known))
