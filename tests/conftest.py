@@ -14,12 +14,16 @@ def tokenizer_options(tmp_path_factory):
     fails the registry-wide tests until it gets an entry."""
     from tiny_models import tiny_dinov2_folder, tiny_hf_folder
 
+    from vistok.weights import bundled
+
     root = tmp_path_factory.mktemp("registry-models")
     return {
         "clip": {"model": str(tiny_hf_folder(root / "clip", "clip"))},
         "siglip": {"model": str(tiny_hf_folder(root / "siglip", "siglip"))},
         # DINOv2 with registers: the generic checks then cover register tokens; focus-vit-s14 covers DINOv2
         "vit": {"model": str(tiny_dinov2_folder(root / "dinov2-reg", registers=2))},
+        # a trained model by path: the shipped fsq-natural64 file
+        "learned": {"path": str(bundled("fsq-natural64.safetensors"))},
     }
 
 

@@ -276,3 +276,35 @@ def test_cli_tokenize_takes_a_trained_folder(trained, folder):
     result = CliRunner().invoke(app, ["tokenize", str(folder / "0.png"), "-t", str(trained["fsq"])])
     assert result.exit_code == 0, result.output
     assert "12x16" in result.output or "192" in result.output
+
+
+# -- the shipped models ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["fsq-fmnist", "fsq-natural64"])
+def test_shipped_models_are_small_and_record_their_training_command(name):
+    from vistok.tokenizers.learned import SHIPPED
+
+    path = bundled(SHIPPED[name])
+    assert path.stat().st_size <= 5 * 2**20
+    _, info = read_weights(path, "learned-tokenizer")
+    assert info["config"]["quantizer"] == "fsq" and info["training"]["command"].startswith("vistok train ")
+    assert info["training"]["step"] == info["training"]["steps"]  # a finished run, not a checkpoint
+
+
+def test_fsq_fmnist_meets_its_goals_on_the_fashion_mnist_test_set():
+    from vistok.learned.data import fashion_mnist
+
+    tok = vistok.load("fsq-fmnist")
+    assert tok.count(28, 28) == 49 and tok.encode(Image.new("L", (28, 28))).grid == (7, 7)
+    result = evaluate(tok, list(fashion_mnist("test")))
+    assert result["images"] == 10000 and result["vocab_size"] == 1000
+    assert result["psnr"] >= 23.0 and result["usage"] >= 0.95
+    assert result["bits_per_pixel"] == pytest.approx(49 * math.log2(1000) / 784)
+
+
+def test_fsq_natural64_reconstructs_held_out_photos():
+    tok = vistok.load("fsq-natural64")
+    images, _ = held_out_images("samples-64", 3)
+    assert len(images) == 64 and tok.encode(Image.fromarray(images[0])).grid == (16, 16)
+    result = evaluate(tok, images)
+    assert result["psnr"] >= 22.0 and result["usage"] >= 0.5

@@ -450,6 +450,16 @@ def demo(
         out.print(enc)
     elif report.encoders_skipped:
         err.print(f"[yellow]note:[/yellow] {report.encoders_skipped}")
+    if report.learned:
+        learned = Table(title="learned tokenizers (shipped): ids -> decoded picture")
+        for column in ("image", "tokenizer", "ids", "bits", "bits/pixel", "PSNR"):
+            learned.add_column(column, justify="left" if column in ("image", "tokenizer") else "right")
+        for row in report.learned:
+            learned.add_row(row.image, row.tokenizer, row.grid, f"{row.bits:,.0f}", f"{row.bits_per_pixel:.3f}",
+                            f"{row.psnr:.1f}")
+        out.print(learned)
+    elif report.learned_skipped:
+        err.print(f"[yellow]note:[/yellow] {report.learned_skipped}")
     if report.budget is not None:
         budget = Table(title="what the same images cost in VLMs: image tokens (KV cache, bf16)")
         budget.add_column("image")

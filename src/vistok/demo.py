@@ -15,7 +15,7 @@ from vistok.registry import load
 from vistok.samples import sample_images
 from vistok.viz import panel_strip, show, working_image
 
-__all__ = ["DemoRow", "EncoderRow", "DemoReport", "run_demo", "ENCODERS"]
+__all__ = ["DemoRow", "EncoderRow", "LearnedRow", "DemoReport", "run_demo", "ENCODERS"]
 
 PATCH_DIMS = (8, 32, 128, 768)
 BUDGET_MODELS = ("llava-1.5-7b", "llava-v1.6-mistral-7b", "qwen2.5-vl-7b-instruct", "internvl2.5-8b",
@@ -49,6 +49,16 @@ class EncoderRow:
 
 
 @dataclass
+class LearnedRow:
+    image: str
+    tokenizer: str
+    grid: str
+    bits: float
+    bits_per_pixel: float
+    psnr: float
+
+
+@dataclass
 class DemoReport:
     out_dir: Path
     rows: list[DemoRow] = field(default_factory=list)
@@ -56,6 +66,8 @@ class DemoReport:
     budget: CountReport | None = None
     encoders: list[EncoderRow] = field(default_factory=list)
     encoders_skipped: str | None = None
+    learned: list[LearnedRow] = field(default_factory=list)
+    learned_skipped: str | None = None
 
 
 def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str], None] | None = None) -> DemoReport:
@@ -103,6 +115,7 @@ def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str]
         if on_step is not None:
             on_step(path.name)
     _run_encoders(samples, out, report)
+    _run_learned(samples, out, report)
     report.budget = count_files(samples, BUDGET_MODELS)
     histogram(report.budget).save(out / "budget-histogram.png")
     report.files.append(out / "budget-histogram.png")
@@ -111,7 +124,8 @@ def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str]
                                  "kv_cache_bytes": report.budget.kv_bytes[f][m]} for m, c in per.items()}
               for f, per in report.budget.counts.items()}
     summary.write_text(json.dumps({"tokenizers": [asdict(r) for r in report.rows],
-                                   "encoders": [asdict(r) for r in report.encoders], "budget": budget}, indent=2))
+                                   "encoders": [asdict(r) for r in report.encoders],
+                                   "learned": [asdict(r) for r in report.learned], "budget": budget}, indent=2))
     report.files.append(summary)
     return report
 
@@ -137,3 +151,27 @@ def _run_encoders(samples: list[Path], out: Path, report: DemoReport) -> None:
             top_score=float(c.extras["scores"][0]), vit_tokens=f"{v.grid[0]}x{v.grid[1]} x {v.dim}",
             salient_tokens=int((v.extras["saliency"] > 0.5).sum()), vit_count=len(v),
         ))
+
+
+def _run_learned(samples: list[Path], out: Path, report: DemoReport) -> None:
+    """The shipped learned tokenizers: ids and their decoded picture (``<image>-fsq-natural64.png``: the image at
+    its working size | decoded from 16x16-per-64px ids), and ``fsq-fmnist`` on the same images at 28 px."""
+    try:
+        tokenizers = [load(name) for name in ("fsq-natural64", "fsq-fmnist")]
+        for tok in tokenizers:
+            tok.check()
+    except (ImportError, FileNotFoundError) as exc:
+        report.learned_skipped = f"learned tokenizers skipped: {exc} (pip install 'vistok[learned]')"
+        return
+    for tok in tokenizers:
+        for path, tokens in zip(samples, tok.encode(list(samples))):
+            decoded = tok.decode(tokens)
+            reference = working_image(path, tok, decoded.size)
+            score = psnr(reference, decoded)
+            w, h = decoded.size
+            report.learned.append(LearnedRow(path.name, tok.name, f"{tokens.grid[0]}x{tokens.grid[1]}",
+                                             float(tokens.bits), float(tokens.bits) / (w * h), score))
+            target = out / f"{path.stem}-{tok.name}.png"
+            panel_strip([reference, decoded], ["working size", f"{tok.name}: {len(tokens)} ids, {score:.1f} dB"],
+                        height=240).save(target)
+            report.files.append(target)

@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 __all__ = ["QUANTIZERS", "AutoencoderConfig", "Autoencoder", "Bottleneck"]
 
