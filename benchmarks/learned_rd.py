@@ -36,7 +36,7 @@ import vistok
 from vistok.learned.data import fashion_mnist, load_data
 from vistok.learned.evaluate import evaluate, reconstruction_metrics
 from vistok.tokenizers.grid import GridTokenizer
-from vistok.tokenizers.patch import PatchTokenizer
+from vistok.tokenizers.patch import PatchConfig, PatchTokenizer
 
 QUALITIES = (5, 10, 20, 30, 50, 70, 90)
 
@@ -87,7 +87,8 @@ def patch_points(train: list[np.ndarray], images: list[np.ndarray], patch: int, 
     full = PatchTokenizer.fit([_as_rgb(a) for a in train], patch=patch, max_side=None, scales=(1.0,))
     points = []
     for dim in dims:
-        tok = PatchTokenizer(full.config.__class__(patch=patch, max_side=None, dim=dim), weights=full.weights)
+        mean, components = full.pca
+        tok = PatchTokenizer(PatchConfig(patch=patch, max_side=None, dim=dim), mean=mean, components=components)
         decoded = []
         for a in images:
             tokens = tok.encode(_as_rgb(a))

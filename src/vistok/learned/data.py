@@ -156,7 +156,7 @@ def _folder(folder: Path, size: int, pool: int, seed: int, channels: int) -> Tra
         try:
             images.append(open_image(path))
         except Exception as err:  # noqa: BLE001 - one bad file never stops training; it is reported
-            skipped.append((os.fspath(path), str(err)))
+            skipped.append((os.fspath(path), getattr(err, "reason", str(err))))
     if not images:
         raise ValueError(f"no readable images in {os.fspath(folder)!r} ({len(skipped)} unreadable); "
                          "pass a folder of JPEG/PNG/WebP images")

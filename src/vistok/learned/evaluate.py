@@ -42,7 +42,7 @@ def held_out_images(data: str | os.PathLike, channels: int, size: int | None = N
         try:
             im = open_image(path)
         except Exception as err:  # noqa: BLE001 - reported, never fatal
-            skipped.append((os.fspath(path), str(err)))
+            skipped.append((os.fspath(path), getattr(err, "reason", str(err))))
             continue
         if max_side and max(im.size) > max_side:
             scale = max_side / max(im.size)
