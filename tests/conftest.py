@@ -12,7 +12,7 @@ def tokenizer_options(tmp_path_factory):
     """``name -> load options`` for tokenizers that ship no weights (or whose registry-wide checks should run
     on a different checkpoint type): tiny random checkpoints built here. A new tokenizer that needs a model
     fails the registry-wide tests until it gets an entry."""
-    from tiny_models import tiny_dinov2_folder, tiny_hf_folder
+    from tiny_models import tiny_dinov2_folder, tiny_hf_folder, tiny_vae_folder
 
     from vistok.weights import bundled
 
@@ -22,6 +22,8 @@ def tokenizer_options(tmp_path_factory):
         "siglip": {"model": str(tiny_hf_folder(root / "siglip", "siglip"))},
         # DINOv2 with registers: the generic checks then cover register tokens; focus-vit-s14 covers DINOv2
         "vit": {"model": str(tiny_dinov2_folder(root / "dinov2-reg", registers=2))},
+        # a tiny AutoencoderKL trained for a few seconds on the samples, so that its decodes resemble them
+        "sd-vae": {"model": str(tiny_vae_folder(root / "sd-vae"))},
         # a trained model by path: the shipped fsq-natural64 file
         "learned": {"path": str(bundled("fsq-natural64.safetensors"))},
     }
