@@ -273,3 +273,14 @@ def test_option_errors(folder):
         vistok.load("sd-vae", steps=3)
     info = vistok.tokenizer_info("sd-vae")
     assert info.kind == "soft" and info.decodable and info.config_fields()["max_side"] == 512
+
+
+def test_vistok_load_takes_the_folder_path(folder, tmp_path):
+    tok = vistok.load(folder)
+    assert tok.name == "sd-vae" and tok.config.model == str(folder)
+    pipeline = tmp_path / "pipeline"
+    shutil.copytree(folder, pipeline / "vae")
+    assert vistok.load(pipeline).encode(Image.new("RGB", (16, 16))).grid == (8, 8)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(KeyError, match="is a path, but holds neither .* vistok train"):
+        vistok.load(tmp_path / "plain")

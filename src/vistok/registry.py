@@ -131,6 +131,10 @@ def load(name: str | os.PathLike, **config: Any) -> Tokenizer:
         found = _path_loader(name)
         if found is not None:
             return load(found[0], **{found[1]: name, **config})
+        if os.path.exists(name):
+            raise KeyError(f"{name!r} is a path, but holds neither a folder written by `vistok train` (with "
+                           "model.safetensors) nor a diffusers AutoencoderKL folder (with config.json); pass one of "
+                           "those, or a tokenizer name (see vistok.list_tokenizers())")
     info = tokenizer_info(name)
     known = info.config_fields()
     unknown = sorted(set(config) - set(known))
