@@ -156,6 +156,7 @@ def plot(results: dict[str, list[dict]], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5))
     for ax, (name, points) in zip(np.atleast_1d(axes), results.items()):
@@ -166,6 +167,8 @@ def plot(results: dict[str, list[dict]], path: str) -> None:
             if p["method"].startswith("fsq"):
                 ax.plot(p["bpp"], p["psnr"], "r*", markersize=16, label=p["method"])
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("bits per pixel (log scale)")
         ax.set_ylabel("PSNR (dB)")
         ax.set_title(name)
