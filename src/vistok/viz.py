@@ -204,6 +204,8 @@ def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height
 
     original = open_image(image)
     tokens = tokens if tokens is not None else tokenizer.encode(original)
+    if "loc_tokens" in tokens.meta:
+        return _show_regions(original, tokens, height)
     layout = f"{tokens.grid[0]}x{tokens.grid[1]}" if tokens.grid else "boxes"
     steps = tokens.meta.get("reductions")
     if steps:
@@ -228,6 +230,39 @@ def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height
         panels.append(recon)
         titles.append(f"decoded, PSNR {psnr(reference, recon):.1f} dB")
     return panel_strip(panels, titles, height=height)
+
+
+def draw_regions(image: Image.Image, tokens: Tokens) -> Image.Image:
+    """Region tokens over the image: masks tinted, boxes outlined, "label score" written at each box."""
+    out = np.asarray(image.convert("RGB"), np.float64).copy()
+    palette = token_colors(Tokens(np.arange(len(tokens), dtype=np.int64), meta={"vocab_size": max(len(tokens), 1)}))
+    masks = tokens.extras.get("masks")
+    if masks is not None and masks.shape[1:] == out.shape[:2]:
+        for mask, rgb in zip(masks, palette):
+            out[mask] = 0.55 * out[mask] + 0.45 * rgb
+    picture = Image.fromarray(out.round().clip(0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(picture)
+    font = _font(max(12, picture.width // 60))
+    names = tokens.meta.get("labels") or []
+    scores = tokens.extras.get("scores")
+    for i, ((x0, y0, x1, y1), rgb) in enumerate(zip(tokens.boxes if tokens.boxes is not None else [], palette)):
+        colour = tuple(int(v) for v in rgb)
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(2, picture.width // 300))
+        label = int(tokens.values[i])
+        text = names[label] if 0 <= label < len(names) else f"class {label}"
+        if scores is not None:
+            text += f" {float(scores[i]):.2f}"
+        box = draw.textbbox((x0 + 2, y0 + 2), text, font=font)
+        draw.rectangle(box, fill=colour)
+        draw.text((x0 + 2, y0 + 2), text, fill=(0, 0, 0) if sum(colour) > 380 else (255, 255, 255), font=font)
+    return picture
+
+
+def _show_regions(original: Image.Image, tokens: Tokens, height: int) -> Image.Image:
+    detector = tokens.meta.get("detector", "regions")
+    title = f"{original.width}x{original.height}: {len(tokens)} region token(s) from {detector}"
+    return panel_strip([original, draw_regions(original, tokens)], [f"{original.width}x{original.height}", title],
+                       height=height)
 
 
 def working_image(image: ImageInput, tokenizer: Any, size: tuple[int, int]) -> Image.Image:
