@@ -9,7 +9,6 @@ level, only inside their functions.
 from __future__ import annotations
 
 import difflib
-import importlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
