@@ -38,6 +38,7 @@ bench: $(BIN)/python
 	$(BIN)/python benchmarks/reduce_quality.py --plot docs/reduce-quality.png
 	$(BIN)/python benchmarks/reduce_speed.py
 	$(BIN)/python benchmarks/learned_rd.py --plot docs/learned-rd.png
+	$(BIN)/python benchmarks/regions_ap.py
 
 clean:
 	rm -rf $(VENV) vistok-demo .pytest_cache .hypothesis
