@@ -253,20 +253,13 @@ def _strict_load(model: Any, state: dict[str, Any], origin: str, arch: str) -> N
     """``load_state_dict`` that first lists every missing, unexpected and mis-shaped tensor in one error.
 
     Only ``num_batches_tracked`` counters may be missing (PyTorch fills them itself)."""
-    expected = model.state_dict()
-    missing = sorted(k for k in expected.keys() - state.keys() if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(state.keys() - expected.keys())
-    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-                    for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape)
-    if missing or unexpected or shapes:
-        def some(items: list[str]) -> str:
-            return ", ".join(items[:6]) + (f", ... ({len(items) - 6} more)" if len(items) > 6 else "")
+    from vistok.weights import state_dict_mismatch
 
-        parts = [f"{len(missing)} missing keys ({some(missing)})" if missing else "",
-                 f"{len(unexpected)} unexpected keys ({some(unexpected)})" if unexpected else "",
-                 f"{len(shapes)} shape mismatches (checkpoint vs model: {some(shapes)})" if shapes else ""]
+    expected = model.state_dict()
+    problem = state_dict_mismatch(expected, state)
+    if problem:
         raise ValueError(
-            f"{origin} is not a checkpoint of timm's {arch!r}: {'; '.join(p for p in parts if p)}. "
+            f"{origin} is not a checkpoint of timm's {arch!r}: {problem}. "
             "Pass model= the architecture it was saved from, or weights= a checkpoint of this one"
         )
     for key in expected.keys() - state.keys():

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bundled", "read_weights", "write_weights"]
+__all__ = ["bundled", "read_weights", "write_weights", "state_dict_mismatch"]
 
 
 def bundled(filename: str) -> Path:
@@ -53,3 +53,21 @@ def read_weights(path: str | os.PathLike, expected_kind: str) -> tuple[dict[str,
         found = info.get("kind") if isinstance(info, dict) else None
         raise ValueError(f"{path}: holds {found or 'no vistok'} weights, expected {expected_kind!r} weights")
     return arrays, info
+
+
+def state_dict_mismatch(expected: dict[str, Any], state: dict[str, Any], side: str = "checkpoint") -> str | None:
+    """What keeps ``state`` from loading strictly into a model whose state_dict is ``expected``: counts and the
+    first names of missing, unexpected and mis-shaped tensors, or None when it fits. ``num_batches_tracked``
+    counters may be missing (PyTorch fills them itself); ``side`` names the file in the shape list."""
+
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:6]) + (f", ... ({len(items) - 6} more)" if len(items) > 6 else "")
+
+    missing = sorted(k for k in expected.keys() - state.keys() if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(state.keys() - expected.keys())
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                    for k in expected.keys() & state.keys() if tuple(state[k].shape) != tuple(expected[k].shape))
+    parts = [f"{len(missing)} missing keys ({some(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected keys ({some(unexpected)})" if unexpected else "",
+             f"{len(shapes)} shape mismatches ({side} vs model: {some(shapes)})" if shapes else ""]
+    return "; ".join(p for p in parts if p) or None

@@ -172,20 +172,13 @@ class TorchvisionDetector:
         model = getattr(detection, self.arch)(weights=None, weights_backbone=None, num_classes=self.num_classes)
         expected = model.state_dict()
         # frozen batch norms (what torchvision's published files were saved from) keep no num_batches_tracked
-        missing = sorted(k for k in expected.keys() - state.keys() if not k.endswith("num_batches_tracked"))
-        unexpected = sorted(state.keys() - expected.keys())
-        shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-                        for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape)
-        if missing or unexpected or shapes:
-            def some(items: list[str]) -> str:
-                return ", ".join(items[:5]) + (f", ... ({len(items) - 5} more)" if len(items) > 5 else "")
+        from vistok.weights import state_dict_mismatch
 
-            parts = [f"{len(missing)} missing keys ({some(missing)})" if missing else "",
-                     f"{len(unexpected)} unexpected keys ({some(unexpected)})" if unexpected else "",
-                     f"{len(shapes)} shape mismatches (file vs model: {some(shapes)})" if shapes else ""]
+        problem = state_dict_mismatch(expected, state, side="file")
+        if problem:
             raise ValueError(
                 f"torchvision: weights {str(self.weights)!r} do not fit {self.arch!r} with num_classes="
-                f"{self.num_classes}: {'; '.join(p for p in parts if p)}. Pass arch= the architecture they were "
+                f"{self.num_classes}: {problem}. Pass arch= the architecture they were "
                 "saved from and its num_classes")
         for key in expected.keys() - state.keys():
             state[key] = expected[key]
