@@ -26,33 +26,23 @@ after a warm-up.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 import vistok
+from vistok.learned.data import FASHION_MNIST, read_idx
 
-DATA = Path("/usr/share/datasets/fashion-mnist")
+DATA = FASHION_MNIST  # the same files (and VISTOK_FASHION_MNIST override) the learned tokenizers train on
 FOCUS = "focus-vit-s14"
 
 
 # -- data ---------------------------------------------------------------------------------------------
-
-def read_idx(path: Path) -> np.ndarray:
-    """An idx file (the MNIST format: big-endian magic, dimension sizes, then uint8 data)."""
-    with gzip.open(path, "rb") as handle:
-        raw = handle.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
 
 def load_split(n_train: int, n_test: int, seed: int, validation: bool = False
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
