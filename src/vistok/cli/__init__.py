@@ -1,0 +1,44 @@
+"""The ``vistok`` command: a thin layer over the same functions a Python user calls.
+
+One module per group of commands, registered here in the order ``vistok --help`` lists them:
+``tokens`` (list, tokenize, inspect, show, reducers, classify), ``learned`` (fit-codebook, fit-patch,
+train, eval-recon), ``demo``, ``budget`` (count, fit, models); ``_common`` holds what they share.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from vistok.cli import budget, demo, learned, tokens
+from vistok.cli._common import parse_config, parse_reduce
+
+app = typer.Typer(
+    name="vistok",
+    help="Turn images into the tokens vision and multimodal models consume: tokenize, draw, classify, shrink (--reduce), count what they cost in VLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("list")(tokens.list_command)
+app.command()(tokens.tokenize)
+app.command()(tokens.inspect)
+app.command()(tokens.show)
+app.command("reducers")(tokens.reducers_command)
+app.command()(tokens.classify)
+app.command("fit-codebook")(learned.fit_codebook)
+app.command("fit-patch")(learned.fit_patch)
+app.command()(demo.demo)
+app.command("count")(budget.count_command)
+app.command("fit")(budget.fit_command)
+app.command("models")(budget.models_command)
+app.command("train")(learned.train_command)
+app.command("eval-recon")(learned.eval_recon)
+
+
+def main() -> None:
+    """Entry point of the ``vistok`` console script and ``python -m vistok``."""
+    app()
+
+
+__all__ = ["app", "main", "parse_config", "parse_reduce"]
