@@ -1,6 +1,7 @@
 """Tokens: validation, derived fields, and the exact safetensors round trip."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -129,3 +130,123 @@ def test_to_torch_shares_values():
     tensor = t.to_torch()
     assert isinstance(tensor, torch.Tensor) and tuple(tensor.shape) == (3, 5)
     assert vistok.Tokens is Tokens
+
+
+# -- damaged and hostile files ------------------------------------------------------------------------------
+def _tensor_offset(path, name: str) -> int:
+    """Byte offset in a safetensors file where tensor ``name``'s data starts."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    return 8 + n + header[name]["data_offsets"][0]
+
+
+def _flip_bit(path, offset: int, bit: int = 0) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 1 << bit
+    path.write_bytes(bytes(raw))
+
+
+def _write_raw(path, tensors: dict, docs, fmt: str = str(FORMAT_VERSION)) -> None:
+    """A tokens file as the previous vistok wrote it: no checksums, and whatever tensors and doc we like."""
+    save_file(tensors, path, metadata={"vistok_format": fmt,
+                                       "vistok": docs if isinstance(docs, str) else json.dumps(docs)})
+
+
+def _doc(key="img.jpg", meta=None, extras=()) -> dict:
+    return {"key": key, "grid": None, "base_grid": None, "extras": list(extras),
+            "meta": {"vocab_size": 1024, "tokenizer": "grid"} if meta is None else meta}
+
+
+@pytest.mark.parametrize(("make", "tensor", "bit"), [(hard_tokens, "0.values", 3), (soft_tokens, "0.values", 7),
+                                                     (soft_tokens, "0.extra.cls", 0), (soft_tokens, "0.boxes", 5)])
+def test_flipped_bit_is_caught_naming_file_and_tensor(tmp_path, make, tensor, bit):
+    path = tmp_path / "t.safetensors"
+    make().save(path)
+    _flip_bit(path, _tensor_offset(path, tensor) + 2, bit)
+    with pytest.raises(ValueError, match=rf"t\.safetensors: checksum mismatch in tensor '{re.escape(tensor)}'"):
+        load_tokens(path)
+
+
+def test_flipped_bit_in_header_document_is_caught(tmp_path):
+    path = tmp_path / "t.safetensors"
+    hard_tokens().save(path)
+    raw = path.read_bytes()
+    at = raw.index(b'\\"tokenizer\\": \\"grid\\"') + len(b'\\"tokenizer\\": \\"') + 1  # the 'r' of grid
+    _flip_bit(path, at, 0)  # 'r' -> 's': still valid JSON, silently different without the checksum
+    with pytest.raises(ValueError, match="checksum mismatch in the header document"):
+        load_tokens(path)
+
+
+def test_checksums_are_stored_per_tensor(tmp_path):
+    from safetensors import safe_open
+
+    soft_tokens().save(tmp_path / "t.safetensors")
+    with safe_open(tmp_path / "t.safetensors", framework="numpy") as f:
+        crcs = json.loads(f.metadata()["vistok_crc32"])
+        names = set(f.keys())
+    assert set(crcs) == names | {"vistok"}
+    import zlib
+
+    values = soft_tokens().values
+    assert crcs["0.values"] == zlib.crc32(values.tobytes())
+
+
+def test_files_without_checksums_still_load(tmp_path):
+    ids = np.array([5, 1023, 0], np.int64)
+    _write_raw(tmp_path / "old.safetensors", {"0.values": ids}, [_doc()])
+    back = Tokens.load(tmp_path / "old.safetensors")
+    assert back.values.tolist() == [5, 1023, 0] and back.vocab_size == 1024
+
+
+@pytest.mark.parametrize(("ids", "message"), [
+    ([7, 280_000_000_000_000, 3], r"token id 280,000,000,000,000, outside its vocabulary of 1,024 words"),
+    ([7, 1024], r"token id 1,024, outside its vocabulary of 1,024 words"),
+    ([7, -5], r"a negative token id \(-5\)"),
+])
+def test_ids_outside_the_vocabulary_are_refused(tmp_path, ids, message):
+    _write_raw(tmp_path / "old.safetensors", {"0.values": np.array(ids, np.int64)}, [_doc()])
+    with pytest.raises(ValueError, match=r"old\.safetensors: token set 'img.jpg' holds " + message):
+        load_tokens(tmp_path / "old.safetensors")
+    # a file with valid checksums over bad ids (a bug, not damage) is refused the same way
+    Tokens(np.array(ids, np.int64), meta={"vocab_size": 1024}).save(tmp_path / "new.safetensors")
+    with pytest.raises(ValueError, match=r"new\.safetensors: token set '0' holds " + message):
+        load_tokens(tmp_path / "new.safetensors")
+
+
+def test_missing_tensors_are_named(tmp_path):
+    _write_raw(tmp_path / "a.safetensors", {"0.other": np.zeros(2, np.int64)}, [_doc()])
+    with pytest.raises(ValueError, match=r"a\.safetensors: token set 0 \('img.jpg'\) has no tensor '0.values'"):
+        load_tokens(tmp_path / "a.safetensors")
+    _write_raw(tmp_path / "b.safetensors", {"0.values": np.zeros(2, np.int64)}, [_doc(extras=["cls"])])
+    with pytest.raises(ValueError, match=r"b\.safetensors: .* has no tensor '0.extra.cls'"):
+        load_tokens(tmp_path / "b.safetensors")
+    # a tensor removed from a file with checksums
+    path = tmp_path / "c.safetensors"
+    soft_tokens().save(path)
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys() if k != "0.boxes"}
+    save_file(tensors, path, metadata=meta)
+    with pytest.raises(ValueError, match=r"c\.safetensors: tensor '0.boxes' is missing"):
+        load_tokens(path)
+
+
+@pytest.mark.parametrize(("docs", "fmt", "message"), [
+    ("{not json", "1", r"the 'vistok' document is not JSON"),
+    ('{"a": 1}', "1", r"the 'vistok' document is not a list of token sets"),
+    ('[{"key": "x"}]', "1", r"entry 0 of the 'vistok' document lacks"),
+    ("[]", "one", r"'vistok_format' is 'one', not a version number"),
+])
+def test_broken_header_names_the_file(tmp_path, docs, fmt, message):
+    _write_raw(tmp_path / "h.safetensors", {"0.values": np.zeros(2, np.int64)}, docs, fmt)
+    with pytest.raises(ValueError, match=r"h\.safetensors: damaged header: " + message):
+        load_tokens(tmp_path / "h.safetensors")
+
+
+def test_inconsistent_layout_names_the_file(tmp_path):
+    doc = {**_doc(), "grid": [2, 2]}
+    _write_raw(tmp_path / "g.safetensors", {"0.values": np.zeros(3, np.int64)}, [doc])
+    with pytest.raises(ValueError, match=r"g\.safetensors: token set 'img.jpg': grid \(2, 2\) holds 4 tokens"):
+        load_tokens(tmp_path / "g.safetensors")

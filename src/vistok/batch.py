@@ -20,9 +20,9 @@ class BatchResult:
     tokens: dict[str, Tokens] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write every token set to one safetensors file, keyed by image path."""
-        save_tokens(path, self.tokens)
+    def save(self, path: str | os.PathLike, *, follow_symlinks: bool = False) -> None:
+        """Write every token set to one safetensors file, keyed by image path (never over one of them)."""
+        save_tokens(path, self.tokens, inputs=self.tokens, follow_symlinks=follow_symlinks)
 
 
 def tokenize_files(

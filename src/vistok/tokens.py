@@ -9,14 +9,18 @@ represents base patch ``p`` of the original ``base_grid``, or ``-1`` where that 
 
 Files are safetensors (tensors) plus a JSON document in the header metadata, so they load with any
 safetensors reader. ``FORMAT_VERSION`` is bumped whenever the layout changes; a reader refuses newer
-files with a clear message instead of guessing.
+files with a clear message instead of guessing. The metadata also holds a CRC-32 (zlib's, ISO 3309) of
+each tensor's bytes and of the JSON document, checked on load, so a damaged file raises instead of
+loading changed ids or vectors; files written before checksums were added still load. Hard ids are
+checked on load to lie in ``[0, vocab_size)``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +31,7 @@ __all__ = ["FORMAT_VERSION", "Tokens", "save_tokens", "load_tokens"]
 FORMAT_VERSION = 1
 _FORMAT_KEY = "vistok_format"
 _DOC_KEY = "vistok"
+_CRC_KEY = "vistok_crc32"  # JSON {tensor name: CRC-32 of its bytes, "vistok": CRC-32 of the document}
 
 
 @dataclass(eq=False)
@@ -167,9 +172,9 @@ class Tokens:
         return f"Tokens({len(self)} {kind}{layout}{boxes}{extras}, tokenizer={name!r})"
 
     # -- files ---------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, follow_symlinks: bool = False) -> None:
         """Write these tokens to a safetensors file (see :func:`save_tokens`)."""
-        save_tokens(path, [self])
+        save_tokens(path, [self], follow_symlinks=follow_symlinks)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokens:
@@ -185,13 +190,23 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def save_tokens(path: str | os.PathLike, items: Mapping[str, Tokens] | Sequence[Tokens]) -> None:
+def save_tokens(
+    path: str | os.PathLike,
+    items: Mapping[str, Tokens] | Sequence[Tokens],
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    follow_symlinks: bool = False,
+) -> None:
     """Write several ``Tokens`` (keyed by name, e.g. the image path, or by position) to one file.
 
     Layout: tensors ``"<i>.values"``, ``"<i>.boxes"``, ``"<i>.source"``, ``"<i>.extra.<name>"``; the
-    header metadata holds ``vistok_format`` and a JSON list with each item's key, grid, base grid and meta.
+    header metadata holds ``vistok_format``, a JSON list with each item's key, grid, base grid and meta,
+    and ``vistok_crc32``, the checksums. The file is written safely (:func:`vistok.outputs.write_output`):
+    ``path`` must not be one of ``inputs``, a folder, a device or (unless ``follow_symlinks``) a link.
     """
     from safetensors.numpy import save_file
+
+    from vistok.outputs import write_output
 
     named = list(items.items()) if isinstance(items, Mapping) else [(str(i), t) for i, t in enumerate(items)]
     tensors: dict[str, np.ndarray] = {}
@@ -217,11 +232,26 @@ def save_tokens(path: str | os.PathLike, items: Mapping[str, Tokens] | Sequence[
         doc = json.dumps(docs)
     except TypeError as err:
         raise ValueError(f"Tokens.meta must be JSON-serialisable: {err}") from err
-    save_file(tensors, os.fspath(path), metadata={_FORMAT_KEY: str(FORMAT_VERSION), _DOC_KEY: doc})
+    crcs = {name: _crc32(arr) for name, arr in tensors.items()}
+    crcs[_DOC_KEY] = zlib.crc32(doc.encode())
+    metadata = {_FORMAT_KEY: str(FORMAT_VERSION), _DOC_KEY: doc, _CRC_KEY: json.dumps(crcs)}
+    write_output(path, lambda tmp: save_file(tensors, tmp, metadata=metadata),
+                 inputs=inputs, follow_symlinks=follow_symlinks)
+
+
+def _crc32(arr: np.ndarray) -> int:
+    """CRC-32 of an array's bytes as safetensors stores them (little-endian, C order)."""
+    data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    return zlib.crc32(memoryview(data).cast("B"))
 
 
 def load_tokens(path: str | os.PathLike) -> dict[str, Tokens]:
-    """Read every ``Tokens`` in a file written by :func:`save_tokens`, keyed as saved."""
+    """Read every ``Tokens`` in a file written by :func:`save_tokens`, keyed as saved.
+
+    Raises ``ValueError`` naming the file (and the tensor or item) for a file that is not a vistok tokens
+    file, is damaged (a checksum differs, a tensor is missing, the document is not JSON) or holds hard ids
+    outside ``[0, vocab_size)``.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
@@ -235,21 +265,92 @@ def load_tokens(path: str | os.PathLike) -> dict[str, Tokens]:
         raise ValueError(f"{path}: not a vistok tokens file ({err})") from err
     if _FORMAT_KEY not in metadata or _DOC_KEY not in metadata:
         raise ValueError(f"{path}: a safetensors file, but not one written by vistok (no '{_FORMAT_KEY}' metadata)")
-    version = int(metadata[_FORMAT_KEY])
+    try:
+        version = int(metadata[_FORMAT_KEY])
+    except ValueError:
+        raise ValueError(f"{path}: damaged header: '{_FORMAT_KEY}' is {metadata[_FORMAT_KEY][:40]!r}, "
+                         "not a version number") from None
     if version > FORMAT_VERSION:
         raise ValueError(
             f"{path}: written in vistok tokens format {version}, but this vistok reads up to format "
             f"{FORMAT_VERSION}; upgrade vistok (pip install -U vistok) to read it"
         )
+    _verify_checksums(path, metadata, tensors)
+    try:
+        docs = json.loads(metadata[_DOC_KEY])
+    except ValueError as err:
+        raise ValueError(f"{path}: damaged header: the '{_DOC_KEY}' document is not JSON ({err})") from None
+    if not isinstance(docs, list):
+        raise ValueError(f"{path}: damaged header: the '{_DOC_KEY}' document is not a list of token sets")
     out: dict[str, Tokens] = {}
-    for i, doc in enumerate(json.loads(metadata[_DOC_KEY])):
-        out[doc["key"]] = Tokens(
-            values=tensors[f"{i}.values"],
+    for i, doc in enumerate(docs):
+        key, tokens = _item(path, i, doc, tensors)
+        out[key] = tokens
+    return out
+
+
+def _verify_checksums(path: str, metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> None:
+    """Compare every stored CRC-32 with the data; files from before checksums have none to compare."""
+    if _CRC_KEY not in metadata:
+        return
+    try:
+        crcs = json.loads(metadata[_CRC_KEY])
+        if not isinstance(crcs, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:
+        raise ValueError(f"{path}: damaged header: the '{_CRC_KEY}' checksums are not readable ({err})") from None
+    damaged = "; the file was changed or damaged after it was written: re-create it (vistok tokenize --out)"
+    for name, want in crcs.items():
+        if name == _DOC_KEY:
+            got = zlib.crc32(metadata[_DOC_KEY].encode())
+        elif name in tensors:
+            got = _crc32(tensors[name])
+        else:
+            raise ValueError(f"{path}: tensor '{name}' is missing{damaged}")
+        if got != want:
+            what = "the header document" if name == _DOC_KEY else f"tensor '{name}'"
+            raise ValueError(f"{path}: checksum mismatch in {what} (CRC-32 {got:08x}, stored "
+                             f"{int(want) & 0xFFFFFFFF:08x}){damaged}")
+
+
+def _item(path: str, i: int, doc: Any, tensors: dict[str, np.ndarray]) -> tuple[str, Tokens]:
+    """Token set ``i`` of a file, every field checked, errors naming the file, the item and the tensor."""
+
+    def tensor(name: str, required: bool = True) -> np.ndarray | None:
+        if f"{i}.{name}" not in tensors and required:
+            raise ValueError(f"{path}: token set {i} ({label}) has no tensor '{i}.{name}'; the file is "
+                             "incomplete: re-create it")
+        return tensors.get(f"{i}.{name}")
+
+    if not isinstance(doc, dict) or not {"key", "grid", "base_grid", "extras", "meta"} <= doc.keys():
+        raise ValueError(f"{path}: damaged header: entry {i} of the '{_DOC_KEY}' document lacks key, grid, "
+                         "base_grid, extras or meta")
+    label = repr(doc["key"])
+    try:
+        tokens = Tokens(
+            values=tensor("values"),
             grid=tuple(doc["grid"]) if doc["grid"] is not None else None,
-            boxes=tensors.get(f"{i}.boxes"),
-            source=tensors.get(f"{i}.source"),
+            boxes=tensor("boxes", False),
+            source=tensor("source", False),
             base_grid=tuple(doc["base_grid"]) if doc["base_grid"] is not None else None,
-            extras={name: tensors[f"{i}.extra.{name}"] for name in doc["extras"]},
+            extras={name: tensor(f"extra.{name}") for name in doc["extras"]},
             meta=doc["meta"],
         )
-    return out
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        raise ValueError(message if message.startswith(path) else f"{path}: token set {label}: {err}") from None
+    _check_ids(path, label, tokens)
+    return str(doc["key"]), tokens
+
+
+def _check_ids(path: str, label: str, tokens: Tokens) -> None:
+    if not tokens.is_hard or not len(tokens):
+        return
+    low, high = int(tokens.values.min()), int(tokens.values.max())
+    vocab = tokens.vocab_size
+    if low < 0:
+        raise ValueError(f"{path}: token set {label} holds a negative token id ({low}); the file is damaged: "
+                         "re-create it")
+    if vocab is not None and high >= vocab:
+        raise ValueError(f"{path}: token set {label} holds token id {high:,}, outside its vocabulary of "
+                         f"{vocab:,} words; the file is damaged: re-create it")

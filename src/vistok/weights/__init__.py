@@ -27,13 +27,17 @@ def bundled(filename: str) -> Path:
     return path
 
 
-def write_weights(path: str | os.PathLike, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
-    """Save arrays plus a JSON ``info`` record (kind, config, provenance) as safetensors."""
+def write_weights(path: str | os.PathLike, arrays: dict[str, np.ndarray], info: dict[str, Any], *,
+                  inputs: Any = (), follow_symlinks: bool = False) -> None:
+    """Save arrays plus a JSON ``info`` record (kind, config, provenance) as safetensors, written safely
+    (:func:`vistok.outputs.write_output`: never over one of ``inputs``, a link, a folder or a device)."""
     from safetensors.numpy import save_file
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, os.fspath(path),
-              metadata={"vistok_weights": json.dumps(info)})
+    from vistok.outputs import write_output
+
+    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    write_output(path, lambda tmp: save_file(tensors, tmp, metadata={"vistok_weights": json.dumps(info)}),
+                 inputs=inputs, follow_symlinks=follow_symlinks)
 
 
 def read_weights(path: str | os.PathLike, expected_kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
