@@ -141,7 +141,8 @@ class RegionsTokenizer:
         names = [labels[i] if 0 <= i < len(labels) else f"class {i}" for i in ids]
         meta = {
             "tokenizer": self.name, "config": self._config_dict(), "detector": self.config.detector,
-            "image_size": [w, h], "working_size": [w, h], "vocab_size": len(labels), "labels": labels,
+            "image_size": [w, h], "working_size": [w, h], "labels": labels,
+            "vocab_size": max(len(labels), int(ids.max()) + 1 if len(ids) else 0),  # ids past the labels count too
             "loc_tokens": to_loc_tokens(boxes, (w, h), names),
         }
         return Tokens(ids, boxes=boxes, extras=extras, meta=meta)
