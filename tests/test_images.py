@@ -22,6 +22,7 @@ from vistok.images import (
     IMAGE_EXTENSIONS,
     ImageError,
     find_images,
+    gather_images,
     open_image,
     probe_size,
     source_name,
@@ -604,6 +605,62 @@ def test_find_images(tmp_path: Path) -> None:
         find_images([root, root / "nope.jpg"])
     assert {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"} <= IMAGE_EXTENSIONS
     assert all(e == e.lower() and e.startswith(".") for e in IMAGE_EXTENSIONS)
+
+
+def _sample_bytes(fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 3), (10, 20, 30)).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM"])
+def test_find_images_sniffs_files_without_a_suffix(tmp_path: Path, fmt: str) -> None:
+    (tmp_path / "photo").write_bytes(_sample_bytes(fmt))
+    (tmp_path / "a.jpg").write_bytes(_sample_bytes("JPEG"))
+    (tmp_path / "README").write_text("P5 is not an image here\n BM too")
+    (tmp_path / "Makefile").write_bytes(b"BM" + b"\x00" * 30)
+    (tmp_path / "photo.jpg_original").write_bytes(_sample_bytes("JPEG"))  # a backup: its suffix says what it is
+    assert [p.name for p in find_images([tmp_path])] == ["a.jpg", "photo"]
+    assert probe_size(tmp_path / "photo") == (5, 3)
+
+
+def test_fifo_input_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match=r"pipe\.jpg: not a regular file \(a named pipe \(FIFO\)\)"):
+        find_images([fifo])
+    with pytest.raises(ImageError, match=r"not a regular file \(a named pipe"):
+        open_image(fifo)  # would block forever waiting for a writer
+    with pytest.raises(ImageError, match=r"not a regular file \(a named pipe"):
+        probe_size(str(fifo))
+
+
+def test_folder_lists_unusable_image_entries_so_they_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(_sample_bytes("PNG"))
+    os.mkfifo(tmp_path / "b.png")
+    (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(tmp_path / "pipe")  # no suffix: not sniffed (that would block), not listed
+    assert [p.name for p in find_images([tmp_path])] == ["a.png", "b.png", "c.png"]
+    files, bad = gather_images([tmp_path], check=True)
+    assert [p.name for p in files] == ["a.png"]
+    assert bad == {str(tmp_path / "b.png"): "not a regular file (a named pipe (FIFO)); vistok reads images only "
+                                            "from regular files",
+                   str(tmp_path / "c.png"): "file not found"}
+
+
+def test_gather_images_never_raises_and_checks_headers(tmp_path: Path) -> None:
+    (tmp_path / "good.png").write_bytes(_sample_bytes("PNG"))
+    (tmp_path / "text.png").write_text("hello")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    args = [tmp_path / "good.png", tmp_path / "missing.png", tmp_path, tmp_path / "good.png"]
+    files, bad = gather_images(args)
+    assert [p.name for p in files] == ["good.png", "empty.jpg", "text.png"]  # listed once, not checked
+    assert bad == {str(tmp_path / "missing.png"): "no such file or directory"}
+    files, bad = gather_images(args, check=True)
+    assert [p.name for p in files] == ["good.png"]
+    assert bad[str(tmp_path / "text.png")].startswith("this is a text file")
+    assert bad[str(tmp_path / "empty.jpg")].startswith("file is empty")
+    assert gather_images(tmp_path / "good.png", check=True) == ([tmp_path / "good.png"], {})
 
 
 # --------------------------------------------------------------------------

@@ -55,6 +55,7 @@ import io
 import os
 import pathlib
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -73,6 +74,7 @@ __all__ = [
     "ImageError",
     "ImageInput",
     "find_images",
+    "gather_images",
     "open_image",
     "probe_size",
     "source_name",
@@ -94,7 +96,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
         ".tga", ".ico", ".qoi",
     }
 )  # fmt: skip
-"""Lower-case file suffixes that :func:`find_images` collects from folders."""
+"""Lower-case file suffixes that :func:`find_images` collects from folders (files without a suffix are
+collected too when their first bytes are those of an image)."""
 
 ImageInput = Union[
     str,
@@ -373,6 +376,7 @@ def _open_encoded(src: object, name: str, max_pixels: int | None) -> Iterator[Im
         fp: Any = io.BytesIO(src if isinstance(src, bytes) else view.tobytes())
     elif _is_path(src):
         fp = os.fspath(src)  # type: ignore[arg-type]
+        _check_regular(fp, name)
     elif isinstance(src, io.TextIOBase):
         raise ImageError(name, "file object is in text mode; open the file with mode 'rb'")
     elif hasattr(src, "read"):
@@ -382,6 +386,20 @@ def _open_encoded(src: object, name: str, max_pixels: int | None) -> Iterator[Im
     with _pillow_errors(src, name, max_pixels):
         with Image.open(fp) as im:
             yield im
+
+
+def _check_regular(path: str | bytes, name: str) -> None:
+    """Refuse a FIFO, device or socket before opening it (reading a FIFO would wait for a writer forever).
+
+    Missing files and folders pass: Pillow's open reports them with the usual messages."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        from vistok.outputs import file_kind
+
+        raise ImageError(name, f"not a regular file ({file_kind(mode)}); vistok reads images only from regular files")
 
 
 # --------------------------------------------------------------------------
@@ -795,12 +813,15 @@ def find_images(paths: Iterable[str | os.PathLike], *, recursive: bool = True) -
     """Expand files and folders into a list of image paths.
 
     A folder gives its files whose suffix (case-insensitive) is in
-    :data:`IMAGE_EXTENSIONS`, sorted, descending into sub-folders when
-    ``recursive``; hidden files and folders (name starting with ``.``, such
-    as macOS ``._IMG.jpg`` resource forks) are skipped and symlinked folders
-    are not followed.  A file named explicitly is kept whatever its suffix.
+    :data:`IMAGE_EXTENSIONS`, and its files without a suffix whose first
+    bytes are those of an image (JPEG, PNG, GIF, BMP, WebP, TIFF, AVIF, QOI,
+    PNM), sorted, descending into sub-folders when ``recursive``; hidden
+    files and folders (name starting with ``.``, such as macOS
+    ``._IMG.jpg`` resource forks) are skipped and symlinked folders are not
+    followed.  A file named explicitly is kept whatever its suffix.
     Arguments keep their order and a file listed twice appears once.  A
-    missing path raises :class:`ImageError` naming it.
+    missing path, or one that is not a regular file (a FIFO, device or
+    socket), raises :class:`ImageError` naming it.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -819,21 +840,90 @@ def find_images(paths: Iterable[str | os.PathLike], *, recursive: bool = True) -
             for found in _scan_folder(path, recursive):
                 add(found)
         elif path.exists():
+            _check_regular(os.fspath(path), source_name(item))
             add(path)
         else:
             raise ImageError(source_name(item), "no such file or directory")
     return result
 
 
+def gather_images(
+    paths: Iterable[str | os.PathLike], *, recursive: bool = True, check: bool = False
+) -> tuple[list[pathlib.Path], dict[str, str]]:
+    """The image files under ``paths`` and, for inputs that cannot be used, the reason; never raises.
+
+    Like :func:`find_images`, but a bad argument is recorded in the returned ``{name: reason}`` instead of
+    raising, and the others are kept. With ``check`` every file's header is read (:func:`probe_size`, no
+    pixel limit) and files that are not readable images move to the reasons: a cheap check to run before
+    a model is loaded, so that a command over bad inputs fails in a moment.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[pathlib.Path] = []
+    bad: dict[str, str] = {}
+    seen: set[str] = set()
+    for item in paths:
+        try:
+            found = find_images([item], recursive=recursive)
+        except ImageError as err:
+            bad[err.source] = err.reason
+            continue
+        for path in found:
+            key = os.path.normcase(os.path.abspath(path))
+            if key in seen:
+                continue
+            seen.add(key)
+            if check:
+                try:
+                    probe_size(path, max_pixels=None)
+                except ImageError as err:
+                    bad[str(path)] = err.reason
+                    continue
+            files.append(path)
+    return files, bad
+
+
+def _looks_like_image(head: bytes) -> bool:
+    """True when ``head`` (a file's first bytes) starts like an image format Pillow reads.
+
+    Signatures from the format specifications: JPEG SOI ``FF D8 FF``, PNG's eight-byte signature,
+    ``GIF87a``/``GIF89a``, BMP ``BM`` with a known DIB header size at byte 14, RIFF ``WEBP``, TIFF
+    ``II*\\0``/``MM\\0*``, ISO-BMFF ``ftyp`` of AVIF, QOI ``qoif`` and PNM ``P1``-``P7``.
+    """
+    if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"qoif")):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return True
+    if head[:2] == b"BM" and len(head) >= 18:
+        return struct.unpack("<I", head[14:18])[0] in (12, 16, 40, 52, 56, 64, 108, 124)
+    return re.match(rb"P[1-7]\s+(#|\d)", head) is not None
+
+
+def _sniffed_image(path: str) -> bool:
+    """A regular file without a suffix whose first bytes are an image's."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with open(path, "rb") as f:
+            return _looks_like_image(f.read(32))
+    except OSError:
+        return False
+
+
 def _scan_folder(root: pathlib.Path, recursive: bool) -> list[pathlib.Path]:
+    """Image files under ``root``: by suffix (even when not readable: opening them reports why), or
+    suffix-less files whose first bytes are an image's."""
     found: list[pathlib.Path] = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
         base = pathlib.Path(folder)
         for file in files:
-            if not file.startswith(".") and os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS:
-                candidate = base / file
-                if candidate.is_file():
-                    found.append(candidate)
+            if file.startswith("."):
+                continue
+            suffix = os.path.splitext(file)[1].lower()
+            if suffix in IMAGE_EXTENSIONS or (not suffix and _sniffed_image(os.path.join(folder, file))):
+                found.append(base / file)
     found.sort(key=lambda p: p.relative_to(root).parts)
     return found
