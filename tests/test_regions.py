@@ -112,14 +112,15 @@ def test_no_detections_is_a_valid_empty_tokens(tmp_path):
 
 
 class _RampTokenizer:
-    """A soft tokenizer whose feature at grid cell (r, c) is (c, r): RoI Align of a linear map is exact."""
+    """A soft tokenizer whose feature at grid cell (r, c) is (c, r): RoI Align of a linear map is exact. It
+    stands in for a registered one that declares preprocessing (cnn) or not (patch)."""
 
-    kind, name = "soft", "ramp"
+    kind = "soft"
 
     def __init__(self, grid, preprocess=None):
         self.grid = grid
-        if preprocess is not None:
-            self.preprocess_config = preprocess
+        self.name = "patch" if preprocess is None else "cnn"
+        self.preprocess_config = preprocess
 
     def encode(self, image):
         rows, cols = self.grid

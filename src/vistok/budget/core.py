@@ -4,10 +4,11 @@ registry of family rules that the model table (``data/models-*.json``) points in
 from __future__ import annotations
 
 import numbers
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
+
+from vistok._registry import Registry
 
 __all__ = ["TokenCount", "Counted", "Family", "register_family", "get_family", "all_families", "check_size", "ceil_div"]
 
@@ -71,8 +72,8 @@ class Family:
         return replace(self.options(), **overrides)
 
 
-_families: dict[str, Family] = {}
-_lock = threading.Lock()
+_families: Registry[Family] = Registry("budget family", package="vistok.budget.rules",
+                                      hint="(or count with model=...: vistok.budget.list_models())")
 
 
 def register_family(name: str, *, options: type, source: str, proof: str) -> Callable[[Callable], Callable]:
@@ -81,31 +82,17 @@ def register_family(name: str, *, options: type, source: str, proof: str) -> Cal
     if proof not in ("processor", "documentation"):
         raise ValueError(f"proof must be 'processor' or 'documentation', got {proof!r}")
 
-    def decorate(rule: Callable) -> Callable:
-        with _lock:
-            if name in _families:
-                raise ValueError(f"a budget family named {name!r} is already registered")
-            _families[name] = Family(name, options, rule, source, proof)
-        return rule
-
-    return decorate
+    return _families.decorator(name, lambda rule: Family(name, options, rule, source, proof))
 
 
 def get_family(name: str) -> Family:
-    from vistok.budget.models import load_rules as _load_rules
-
-    _load_rules()
-    try:
-        return _families[name]
-    except KeyError:
-        raise KeyError(f"unknown budget family {name!r}; known: {', '.join(sorted(_families))}") from None
+    """The family rule ``name``; an unknown name raises ``KeyError`` listing close matches."""
+    return _families.get(name)
 
 
 def all_families() -> dict[str, Family]:
-    from vistok.budget.models import load_rules as _load_rules
-
-    _load_rules()
-    return dict(_families)
+    """Every family rule by name (the rule modules are imported on first use)."""
+    return _families.entries()
 
 
 def check_size(width: Any, height: Any, limit: int = 1_000_000) -> tuple[int, int]:

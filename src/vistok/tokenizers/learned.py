@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from vistok.images import ImageInput
-from vistok.registry import register_tokenizer
+from vistok.registry import register_path_handler, register_tokenizer
 from vistok.tokenizers.base import CellTokenizer, to_image
 from vistok.tokens import Tokens
 
@@ -194,7 +194,7 @@ class LearnedTokenizer(CellTokenizer):
             values = values.astype(np.int64)
         return Tokens.from_grid(values.astype(np.float32) if self.kind == "soft" else values, grid, meta=meta)
 
-    def decode(self, tokens: Tokens) -> Image.Image:
+    def _decode(self, tokens: Tokens) -> Image.Image:
         """Ids (or kl latents) on their grid -> the RGB image at the working size used at encode time."""
         import torch
 
@@ -231,7 +231,7 @@ def _bundled(name: str) -> Path:
 
 
 @register_tokenizer(
-    "learned", kind="hard", decodable=True, config=LearnedConfig,
+    "learned", kind="hard", decodable=True, config=LearnedConfig, learned=True,
     weights="a folder written by `vistok train` (path=FOLDER); also vistok.load(FOLDER)",
     description="your trained VQ/FSQ/LFQ/RVQ autoencoder: h x w ids that decode back (kl models: soft latents)",
 )
@@ -240,7 +240,7 @@ def create_learned(**options: Any) -> LearnedTokenizer:
 
 
 @register_tokenizer(
-    "fsq-fmnist", kind="hard", decodable=True, config=FsqFmnistConfig,
+    "fsq-fmnist", kind="hard", decodable=True, config=FsqFmnistConfig, learned=True,
     weights="bundled (trained on Fashion-MNIST with `vistok train`, float16, README has the command)",
     description="FSQ 8,5,5,5 autoencoder (1000 codes), factor 4: 28x28 grey -> 7x7 ids",
 )
@@ -249,9 +249,13 @@ def create_fsq_fmnist(**options: Any) -> LearnedTokenizer:
 
 
 @register_tokenizer(
-    "fsq-natural64", kind="hard", decodable=True, config=FsqNatural64Config,
+    "fsq-natural64", kind="hard", decodable=True, config=FsqNatural64Config, learned=True,
     weights="bundled (trained on 64x64 crops of the offline sample photos, float16, README has the command)",
     description="FSQ autoencoder, factor 4, trained on photo crops: 64x64 -> 16x16 ids, any size",
 )
 def create_fsq_natural64(**options: Any) -> LearnedTokenizer:
     return LearnedTokenizer(FsqNatural64Config(**options), "fsq-natural64", _bundled("fsq-natural64"))
+
+
+register_path_handler("learned", option="path", accepts=is_learned_model,
+                      holds="a folder written by `vistok train` (with model.safetensors)")

@@ -108,7 +108,7 @@ class PatchTokenizer(CellTokenizer):
         mean, components = self.pca
         return Tokens.from_grid((vectors - mean) @ components.T, grid, meta={"dim": self.dim})
 
-    def decode(self, tokens: Tokens) -> Image.Image:
+    def _decode(self, tokens: Tokens) -> Image.Image:
         """Map tokens back through the components; exact when every component was kept."""
         if tokens.is_hard or tokens.grid is None or tokens.dim != self.dim:
             raise ValueError(f"patch (dim={self.dim}) decodes soft tokens of that width on a grid, got {tokens!r}")

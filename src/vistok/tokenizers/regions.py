@@ -38,8 +38,6 @@ class RegionsConfig:
     ``crop``. masks: keep masks when the detector gives them. max_regions: keep the highest-scoring ones.
     Any other option goes to the detector (``method="lbp"`` for faces, ``model=PATH`` for yolo, ...)."""
 
-    accepts_extra_options = True  # registry: unknown options are the detector's
-
     detector: str = "saliency"
     embed: str | None = None
     embed_mode: str = "roi"
@@ -53,7 +51,6 @@ class RegionsTokenizer:
 
     kind = "hard"
     decodable = False
-    countable = False
 
     def __init__(self, config: RegionsConfig) -> None:
         if config.embed_mode not in ("roi", "crop"):
@@ -193,12 +190,14 @@ class RegionsTokenizer:
 
 def visible_region(tokenizer: Any, size: tuple[int, int]) -> tuple[float, float, float, float]:
     """The part of an image of ``size`` (w, h) that a soft tokenizer's grid covers, in source pixels:
-    the whole image, unless its preprocessing centre-crops (``preprocess_config()`` of ``cnn`` tokenizers)."""
+    the whole image, unless its preprocessing centre-crops (``preprocess_config`` of the tokenizers registered
+    with ``preprocessing=True``, such as ``cnn``)."""
+    from vistok.registry import tokenizer_info
+
     w, h = size
-    preprocess = getattr(tokenizer, "preprocess_config", None)
-    if preprocess is None:
+    if not tokenizer_info(tokenizer.name).preprocessing:
         return 0.0, 0.0, float(w), float(h)
-    p = preprocess() if callable(preprocess) else preprocess
+    p = tokenizer.preprocess_config
     if p.size is None:
         sx = sy = 1.0
     elif isinstance(p.size, int) or (isinstance(p.size, tuple) and len(p.size) == 1):
@@ -215,7 +214,8 @@ def visible_region(tokenizer: Any, size: tuple[int, int]) -> tuple[float, float,
 
 
 @register_tokenizer(
-    "regions", kind="hard", decodable=False, config=RegionsConfig,
+    "regions", kind="hard", decodable=False, config=RegionsConfig, countable=False, argument="detector",
+    extra_options=True,
     weights="per detector: focus-vit-s14 saliency, OpenCV/scikit-image cascades, the PP-OCR det ONNX in "
             "rapidocr-onnxruntime, scikit-image superpixels, your YOLO ONNX / torchvision weights by path",
     description="one token per detected region (label id) with box, score, mask and optional embedding; "

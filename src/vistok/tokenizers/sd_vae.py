@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from vistok.hub import offline_reason
-from vistok.registry import register_tokenizer
+from vistok.registry import register_path_handler, register_tokenizer
 from vistok.tokenizers.base import CellTokenizer, to_image
 from vistok.tokens import Tokens
 
@@ -379,7 +379,7 @@ class SdVaeTokenizer(CellTokenizer):
         return z.float().cpu().numpy()
 
     # -- decoding --------------------------------------------------------------------------------
-    def decode(self, tokens: Tokens) -> Image.Image:
+    def _decode(self, tokens: Tokens) -> Image.Image:
         """Run the VAE decoder on the latent grid; the image is the grid times the factor (the working size)."""
         import torch
 
@@ -417,3 +417,7 @@ class SdVaeTokenizer(CellTokenizer):
 )
 def create_sd_vae(**options: Any) -> SdVaeTokenizer:
     return SdVaeTokenizer(SdVaeConfig(**options))
+
+
+register_path_handler("sd-vae", option="model", accepts=is_vae_folder,
+                      holds="a diffusers AutoencoderKL folder (with config.json)")
