@@ -10,12 +10,45 @@ This module is the public API::
     vistok.reduce(tokens, "tome", ratio=0.25)  # shrink the tokens, provenance kept
 """
 
-from vistok.budget import cost, count, fit
-from vistok.images import ImageError, open_image, probe_size
-from vistok.reducers import list_methods as reduce_methods
-from vistok.reducers import reduce
-from vistok.registry import list_tokenizers, load, tokenizer_info
-from vistok.tokens import Tokens, load_tokens, save_tokens
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vistok.budget import cost, count, fit
+    from vistok.images import ImageError, open_image, probe_size
+    from vistok.reducers import list_methods as reduce_methods
+    from vistok.reducers import reduce
+    from vistok.registry import list_tokenizers, load, tokenizer_info
+    from vistok.tokens import Tokens, load_tokens, save_tokens
+
+# Public name -> (module, attribute), imported on first use (PEP 562) so that `import vistok` and the
+# `vistok` command start without loading numpy, Pillow or torch.
+_LAZY = {
+    "cost": ("vistok.budget", "cost"), "count": ("vistok.budget", "count"), "fit": ("vistok.budget", "fit"),
+    "ImageError": ("vistok.images", "ImageError"), "open_image": ("vistok.images", "open_image"),
+    "probe_size": ("vistok.images", "probe_size"),
+    "reduce_methods": ("vistok.reducers", "list_methods"), "reduce": ("vistok.reducers", "reduce"),
+    "list_tokenizers": ("vistok.registry", "list_tokenizers"), "load": ("vistok.registry", "load"),
+    "tokenizer_info": ("vistok.registry", "tokenizer_info"),
+    "Tokens": ("vistok.tokens", "Tokens"), "load_tokens": ("vistok.tokens", "load_tokens"),
+    "save_tokens": ("vistok.tokens", "save_tokens"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vistok' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 
