@@ -340,3 +340,70 @@ def test_cli_tokenize_saves_labels(tmp_path):
     tokens = vistok.Tokens.load(out)
     assert tokens.meta["label_names"][0] in {"tiger cat", "tabby, tabby cat", "Egyptian cat"}
     assert sorted(tokens.extras) == ["labels", "pooled", "scores"]
+
+
+# -- bounds and damaged files -------------------------------------------------------------------------
+
+@pytest.fixture()
+def resizes(monkeypatch):
+    """Every resize target preprocessing asks for, as ``width * height`` pixels."""
+    from vistok import preprocess as pp
+
+    seen: list[int] = []
+    real = pp._resize
+
+    def spy(rgb, target, cfg, box):
+        seen.append(target[0] * target[1])
+        return real(rgb, target, cfg, box)
+
+    monkeypatch.setattr(pp, "_resize", spy)
+    return seen
+
+
+def test_strip_image_is_refused_alone_and_the_batch_goes_on(lite0, tmp_path, resizes):
+    from vistok.batch import tokenize_files
+    from vistok.preprocess import MAX_WORKING_PIXELS
+
+    strip, photo = tmp_path / "strip.png", tmp_path / "photo.png"
+    Image.new("RGB", (20000, 1), (90, 30, 200)).save(strip)
+    Image.fromarray(skimage_data.chelsea()).save(photo)
+    # the plan, from the size alone: shortest side 256 makes it 5,120,000 x 256
+    assert lite0.preprocess_config.working_pixels(20000, 1) == 5_120_000 * 256
+    with pytest.raises(vistok.ImageError, match=r"strip.png: a 20000x1 image \(aspect ratio 20,000:1\) would be "
+                                                r"resized to 5120000x256 = 1,310,720,000 pixels, over"):
+        lite0.encode([photo, strip])
+    result = tokenize_files([photo, strip], lite0)
+    assert list(result.tokens) == [str(photo)] and list(result.errors) == [str(strip)]
+    assert "1,310,720,000 pixels" in result.errors[str(strip)]
+    np.testing.assert_array_equal(result.tokens[str(photo)].values, lite0.encode(photo).values)
+    assert resizes and max(resizes) <= MAX_WORKING_PIXELS  # the strip never reached the resize
+    # the same strip as an array (already in memory) is refused before its resize, too
+    with pytest.raises(vistok.ImageError, match="would be resized to 5120000x256"):
+        lite0.encode(np.zeros((1, 20000, 3), np.uint8))
+    assert max(resizes) <= MAX_WORKING_PIXELS
+
+
+def test_native_size_over_the_bound_is_refused():
+    tok = vistok.load("cnn", model="resnet18", size=None, crop=None)
+    assert tok.preprocess_config.working_pixels(5000, 4000) == 20_000_000
+    with pytest.raises(vistok.ImageError, match=r"photo.jpg: a 5000x4000 image .* 20,000,000 pixels, over this "
+                                                r"encoder's bound of 16,777,216"):
+        tok.preprocess_config.check_size(5000, 4000, "photo.jpg")
+    tok.preprocess_config.check_size(4000, 4000)  # 16 megapixels: within
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_truncated_checkpoint_is_named_as_such(tmp_path, suffix):
+    state = {k: v for k, v in timm.create_model("resnet18", num_classes=4).state_dict().items()}
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, path)
+    else:
+        torch.save(state, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"resnet18{suffix}: truncated .*; download or copy it again$") as err:
+        vistok.load("cnn", model="resnet18", weights=str(path)).check()
+    assert "\n" not in str(err.value)

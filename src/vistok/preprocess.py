@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -50,15 +50,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vistok.images import ImageInput, _open_encoded, _orientation, open_image, probe_size, source_name
+from vistok.images import ImageError, ImageInput, _open_encoded, _orientation, open_image, probe_size, source_name
 
-__all__ = ["Preprocess", "preprocess", "sized_inputs", "batches", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN",
+__all__ = ["Preprocess", "preprocess", "sized_inputs", "batches", "MAX_WORKING_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN",
            "CLIP_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+MAX_WORKING_PIXELS = 1 << 24
+"""Default bound on the pixels preprocessing may hold for one image at any step (the resized image before its
+crop, and the tensor the model sees): 16.8 megapixels, 4096 x 4096, about 50 MB as uint8 and 200 MB as float32.
+A 20000x1 strip resized to a shortest side of 256 would otherwise become 5,120,000x256 (1.3 gigapixels, about
+4 GB before the crop); such an image is refused, on its own, before anything is decoded or allocated."""
 
 _DRAFT_MARGIN = 2.0
 """A JPEG is decoded at reduced scale only while the result keeps this multiple of the resized size."""
@@ -105,6 +111,8 @@ class Preprocess:
     resample: nearest, bilinear, bicubic or lanczos. rescale: multiplies the 0..255 values (1/255 gives
     0..1). mean / std: per-channel normalisation after rescaling. draft: decode JPEG files at a reduced
     scale when that still covers the resized size (much faster on large photos; False decodes every pixel).
+    max_pixels: the most pixels one image may reach at any step (:data:`MAX_WORKING_PIXELS`; None: no bound);
+    :meth:`check_size` refuses the others.
     """
 
     size: int | tuple[int, int] | None = 224
@@ -114,6 +122,7 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     draft: bool = True
+    max_pixels: int | None = MAX_WORKING_PIXELS
 
     def __post_init__(self) -> None:
         if self.resample not in _RESAMPLE:
@@ -130,6 +139,9 @@ class Preprocess:
         object.__setattr__(self, "std", _triple(self.std, "std", positive=True))
         if not isinstance(self.draft, bool):
             raise ValueError(f"draft must be True or False, got {self.draft!r}")
+        limit = self.max_pixels
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0):
+            raise ValueError(f"max_pixels must be a positive int or None, got {limit!r}")
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """``(width, height)`` after the resize step."""
@@ -150,6 +162,26 @@ class Preprocess:
             return self.resized_size(width, height)
         crop_h, crop_w = (self.crop, self.crop) if isinstance(self.crop, int) else self.crop
         return crop_w, crop_h
+
+    def working_pixels(self, width: int, height: int) -> int:
+        """The most pixels an image of this size reaches at any step: the resized image or the output."""
+        rw, rh = self.resized_size(width, height)
+        ow, oh = self.output_size(width, height)
+        return max(rw * rh, ow * oh)
+
+    def check_size(self, width: int, height: int, name: str = "image") -> None:
+        """Raise :class:`~vistok.images.ImageError` (naming ``name``) when an image of this size would exceed
+        ``max_pixels`` at some step; computed from the size alone, before anything is decoded or allocated."""
+        if self.max_pixels is None or self.working_pixels(width, height) <= self.max_pixels:
+            return
+        rw, rh = self.resized_size(width, height)
+        ow, oh = self.output_size(width, height)
+        worst = f"{rw}x{rh}" if rw * rh >= ow * oh else f"{ow}x{oh}"
+        ratio = max(width, height) / min(width, height)
+        raise ImageError(name, (
+            f"a {width}x{height} image (aspect ratio {ratio:,.0f}:1) would be resized to {worst} = "
+            f"{self.working_pixels(width, height):,} pixels, over this encoder's bound of {self.max_pixels:,}; "
+            "crop it to a less extreme shape or a smaller size first, or pass a smaller size="))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,12 +273,14 @@ def _one(image: ImageInput, cfg: Preprocess) -> Any:
     draft = None
     if cfg.draft and _draftable(image):
         full = probe_size(image)
+        cfg.check_size(*full, source_name(image))
         w, h = cfg.resized_size(*full)
         # see the module docstring for why the decoded image keeps twice the resized size
         draft = (math.ceil(w * _DRAFT_MARGIN), math.ceil(h * _DRAFT_MARGIN))
     rgb = open_image(image, draft_size=draft)
     if full is None:
         full = rgb.size
+        cfg.check_size(*full, source_name(image))
     target = cfg.resized_size(*full)
     box = None
     if rgb.size != full:
@@ -325,19 +359,28 @@ def preprocess(images: Sequence[ImageInput] | ImageInput, cfg: Preprocess, *, th
     return torch.from_numpy(np.stack(arrays))
 
 
-def sized_inputs(items: Sequence[ImageInput]) -> tuple[list[ImageInput], list[tuple[int, int]]]:
+def sized_inputs(items: Sequence[ImageInput], plan: Preprocess | Callable[[int, int], Preprocess] | None = None,
+                 ) -> tuple[list[ImageInput], list[tuple[int, int]]]:
     """Each input ready for :func:`preprocess`, and its ``(width, height)``. Files are only probed (header),
-    so that :func:`preprocess` can still decode them at reduced scale; other inputs are opened once here."""
+    so that :func:`preprocess` can still decode them at reduced scale; other inputs are opened once here.
+
+    ``plan``: the :class:`Preprocess` the encoder will apply (or a function of ``(width, height)`` giving it);
+    each input's size is then checked against its bound (:meth:`Preprocess.check_size`) here, before any model
+    is loaded or pixel resized, and the first one over it raises :class:`~vistok.images.ImageError` naming it."""
     ready: list[ImageInput] = []
     sizes: list[tuple[int, int]] = []
     for item in items:
         if isinstance(item, (str, os.PathLike)):
-            sizes.append(probe_size(item))
+            size = probe_size(item)
             ready.append(item)
         else:
             rgb = open_image(item)
-            sizes.append(rgb.size)
+            size = rgb.size
             ready.append(rgb)
+        if plan is not None:
+            cfg = plan if isinstance(plan, Preprocess) else plan(*size)
+            cfg.check_size(*size, source_name(item))
+        sizes.append(size)
     return ready, sizes
 
 

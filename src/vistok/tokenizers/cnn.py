@@ -38,6 +38,7 @@ from vistok.hub import offline_reason
 from vistok.preprocess import Preprocess, batches, preprocess, sized_inputs
 from vistok.registry import register_tokenizer
 from vistok.tokens import Tokens
+from vistok.weights.checkpoints import read_state_dict as _read_state_dict
 
 __all__ = ["CnnConfig", "EfficientNetLite0Config", "CnnTokenizer"]
 
@@ -204,30 +205,6 @@ def _checkpoint_in(folder: Path) -> Path:
         f"folder {os.fspath(folder)!r} holds {what}; it needs one of {', '.join(_CHECKPOINT_NAMES)} (or exactly one "
         f"*{'/*'.join(_CHECKPOINT_SUFFIXES)} file); pass weights= the file itself"
     )
-
-
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    """A ``{name: tensor}`` dict from a safetensors or PyTorch file (only tensors are unpickled)."""
-    import torch
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(os.fspath(path), device="cpu")
-        else:
-            state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - every reader error becomes one clear message
-        raise ValueError(f"{os.fspath(path)}: not a readable PyTorch/safetensors checkpoint ({err})") from err
-    for wrapper in ("state_dict", "model", "state_dict_ema", "model_state"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{os.fspath(path)}: holds {type(state).__name__}, not a state_dict of tensors")
-    if all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
 
 
 def _from_efficientnet_pytorch(state: dict[str, Any], model: Any) -> dict[str, Any]:
@@ -511,7 +488,8 @@ class CnnTokenizer:
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         pre = self.preprocess_config
-        inputs, sizes = sized_inputs(items)  # files are only probed here and decoded (drafted) by preprocess
+        # files are only probed here (and checked against the working-size bound) and decoded by preprocess
+        inputs, sizes = sized_inputs(items, pre)
         model = self._model()
         out: list[Tokens | None] = [None] * len(items)
         for _, chunk in batches(sizes, pre.output_size, self._options.batch_size):
