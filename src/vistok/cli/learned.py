@@ -129,9 +129,10 @@ def eval_recon(
     import json
 
     from vistok.learned.evaluate import evaluate, held_out_images
+    from vistok.registry import tokenizer_info
 
     tokenizer = load_tokenizer(model, None)
-    if not hasattr(tokenizer, "model") or not hasattr(tokenizer.model, "bottleneck"):
+    if not tokenizer_info(tokenizer.name).learned:
         err.print(f"[red]error:[/red] {model} is not a learned tokenizer; pass fsq-fmnist, fsq-natural64 or a "
                   "folder written by `vistok train`")
         raise typer.Exit(2)

@@ -179,9 +179,10 @@ def classify(
     to 1). Bad files are reported and skipped. Exit code 1 if any failed.
     """
     from vistok.images import ImageError
+    from vistok.registry import tokenizer_info
 
     tok = load_tokenizer(tokenizer, config)
-    zero_shot = getattr(tok, "zero_shot", None)
+    zero_shot = tok.zero_shot if tokenizer_info(tok.name).zero_shot else None
     wanted = [label.strip() for label in (labels or "").split(",") if label.strip()]
     if zero_shot is not None and not wanted:
         err.print(f"[red]error:[/red] {tokenizer} classifies zero-shot: give the labels, e.g. --labels 'cat,dog'")

@@ -742,7 +742,7 @@ class ContrastiveTokenizer:
 
 
 @register_tokenizer(
-    "clip", kind="soft", decodable=False, config=ClipConfig,
+    "clip", kind="soft", decodable=False, config=ClipConfig, zero_shot=True,
     weights="yours (model=PATH): a transformers CLIPModel folder or an open_clip checkpoint; hub ids when online",
     description="CLIP ViT patch tokens + CLS + image embedding; text embeddings, logits, zero-shot (softmax)",
 )
@@ -751,7 +751,7 @@ def create_clip(**options: Any) -> ContrastiveTokenizer:
 
 
 @register_tokenizer(
-    "siglip", kind="soft", decodable=False, config=SiglipConfig,
+    "siglip", kind="soft", decodable=False, config=SiglipConfig, zero_shot=True,
     weights="yours (model=PATH): a transformers SiglipModel folder or an open_clip SigLIP checkpoint; "
             "hub ids when online",
     description="SigLIP ViT patch tokens + pooled image embedding; text embeddings, logits, zero-shot (sigmoid)",
