@@ -105,6 +105,7 @@ class ViTConfig(_Options):
     model: str = FOCUS
     saliency: bool = False
     saliency_map: bool = False
+    backend: ClassVar[str] = "torch"  # fixed: vit always runs the transformers model
 
 
 @dataclass
@@ -113,6 +114,7 @@ class FocusViTConfig(_Options):
     saliency on by default, plus backend: ``"torch"`` (transformers ``Dinov2Model``) or ``"onnxruntime"`` (the
     package's original graph; same numbers to ~1e-5)."""
 
+    model: ClassVar[str] = FOCUS  # fixed: the weights are focus-vit-s14's (use vit for other checkpoints)
     attentions: bool = True
     saliency: bool = True
     saliency_map: bool = False
@@ -158,11 +160,11 @@ class ViTTokenizer:
             raise ValueError(f"size must be a positive integer, got {c.size!r}")
         if not isinstance(c.batch_size, int) or c.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {c.batch_size!r}")
-        if getattr(c, "backend", "torch") not in ("torch", "onnxruntime"):
+        if c.backend not in ("torch", "onnxruntime"):
             raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {c.backend!r}")
         if isinstance(c.tome_r, bool) or not isinstance(c.tome_r, int) or c.tome_r < 0:
             raise ValueError(f"tome_r must be a whole number >= 0 (tokens ToMe merges per block), got {c.tome_r!r}")
-        if c.tome_r and getattr(c, "backend", "torch") == "onnxruntime":
+        if c.tome_r and c.backend == "onnxruntime":
             raise ValueError("tome_r patches the PyTorch model; the onnxruntime graph is fixed (use backend='torch')")
         self._source_info: _Source | None = None
         self._model: Any = None
@@ -172,7 +174,7 @@ class ViTTokenizer:
     # -- the checkpoint --------------------------------------------------------------------------
     @property
     def model_ref(self) -> str:
-        return getattr(self.config, "model", FOCUS)
+        return self.config.model
 
     @property
     def source(self) -> _Source:
@@ -245,7 +247,7 @@ class ViTTokenizer:
 
     def _wants_saliency(self) -> bool:
         c = self.config
-        wanted = bool(getattr(c, "saliency", False) or getattr(c, "saliency_map", False))
+        wanted = bool(c.saliency or c.saliency_map)
         if wanted and self.source.kind != "focus":
             raise ValueError(f"saliency comes from focus-vit-s14's own head; {self.source.ref} has none "
                              "(pass saliency=False, or model='focus-vit-s14')")
@@ -257,7 +259,7 @@ class ViTTokenizer:
         if src.kind == "focus":
             from vistok.weights import focus_vit
 
-            if getattr(self.config, "backend", "torch") == "onnxruntime":
+            if self.config.backend == "onnxruntime":
                 if self._onnx is None:
                     self._onnx = _cached(("focus-onnx",), focus_vit.OnnxFocus)
                     self._norm = _cached(("focus-norm",), lambda: _focus_norm(focus_vit))
@@ -338,7 +340,7 @@ class ViTTokenizer:
                 if merged is not None:  # the mean over each merged token's patches
                     per_patch = np.bincount(merged[b], per_patch) / np.bincount(merged[b])
                 extras["saliency"] = (np.r_[sal_map[b].mean(), per_patch] if include else per_patch).astype(np.float32)
-                if getattr(self.config, "saliency_map", False):
+                if self.config.saliency_map:
                     extras["saliency_map"] = sal_map[b].astype(np.float32)
             values = np.ascontiguousarray(seq[b][keep], dtype=np.float32)
             results.append(self._layout(values, (rows, cols), extras, None if merged is None else merged[b]))
@@ -493,7 +495,7 @@ class ViTTokenizer:
         return {
             "tokenizer": self.name, "config": self._config_dict(), "image_size": list(image_size),
             "working_size": list(work), "model": self.source.ref, "model_type": self.source.model_type,
-            "patch": self.patch, "layer": self.layer, "backend": getattr(self.config, "backend", "torch"),
+            "patch": self.patch, "layer": self.layer, "backend": self.config.backend,
         }
 
     def describe(self) -> dict[str, Any]:
