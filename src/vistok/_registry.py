@@ -76,6 +76,16 @@ class Registry(Generic[T]):
                 self._aliases[form] = key
         return entry
 
+    def remove(self, name: str) -> T:
+        """Unregister ``name`` (and its aliases) and return its entry; ``KeyError`` if it is not registered."""
+        key = self._normalize(name)
+        with self._lock:
+            if key not in self._entries:
+                raise KeyError(self.unknown(name))
+            self._aliases = {a: k for a, k in self._aliases.items() if k != key}
+            del self._names[key]
+            return self._entries.pop(key)
+
     def decorator(self, name: str, make: Callable[[Any], T]) -> Callable[[Any], Any]:
         """A decorator that registers ``make(obj)`` under ``name`` and returns ``obj`` unchanged."""
 
