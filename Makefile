@@ -1,9 +1,11 @@
 # The two commands of the README: `make demo` (set up + main job) and `make test` (set up + whole suite).
+# For a quick loop: `make test-fast` (skips tests marked slow), `make lint` (ruff), `make smoke` (the built wheel
+# in a clean virtual environment, as CI runs it).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast lint smoke bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +22,30 @@ demo: $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(OCR)
 	$(BIN)/vistok demo --out vistok-demo
 
-# Fashion-MNIST (Debian package) backs the fsq-fmnist quality test
-test: $(BIN)/python
+# the test dependencies; Fashion-MNIST (Debian package) backs the fsq-fmnist quality test
+define install_test
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(OCR) $(NUDENET)
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
+	touch $(VENV)/.test-deps
+endef
+
+test: $(BIN)/python
+	$(install_test)
 	$(BIN)/python -m pytest -q
+
+# installed once for the quick loop (make test installs every time)
+$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
+	$(install_test)
+
+test-fast: $(VENV)/.test-deps
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check src tests benchmarks scripts
+
+smoke:
+	bash scripts/smoke_wheel.sh
 
 bench: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"

@@ -37,3 +37,45 @@ def load_any(tokenizer_options):
         return vistok.load(name, **tokenizer_options.get(name, {}))
 
     return load
+
+
+# Tests that take more than about 3 s on 2 cores (`pytest --durations=60`), marked `slow` here by node id (fnmatch
+# patterns) so that the files stay as their owners wrote them; `make test-fast` runs `pytest -m "not slow"`.
+# A test can also carry `@pytest.mark.slow` itself.
+SLOW_TESTS = (
+    "tests/test_cli.py::test_demo_writes_everything",
+    "tests/test_cli.py::test_classify_*",
+    "tests/test_learned.py::test_fsq_fmnist_meets_its_goals_on_the_fashion_mnist_test_set",
+    "tests/test_learned.py::test_cli_train_resume_and_eval_recon",
+    "tests/test_regions_yolo_torchvision.py::test_torchvision_*",
+    "tests/test_regions_yolo_torchvision.py::test_nudenet_*",
+    "tests/test_regions_faces_superpixels.py::test_superpixels_*",
+    "tests/test_regions_faces_superpixels.py::test_huge_image_*",
+    "tests/test_regions_faces_superpixels.py::test_haar_*",
+    "tests/test_regions_faces_superpixels.py::test_lbp_*",
+    "tests/test_tokenizers.py::test_grid_ids_are_the_nearest_codewords",
+    "tests/test_tokenizers.py::test_list_input_gives_list_output*",
+    "tests/test_budget_*.py::*end_to_end*",
+    "tests/test_budget_mllama.py::test_tiles_match_image_processor",
+    "tests/test_reduce.py::test_cli_reduce_and_reducers",
+    "tests/test_vit.py::test_conversion_is_cached_*",
+    "tests/test_vit.py::test_default_tokens_are_block_9_*",
+    "tests/test_vit.py::test_onnxruntime_backend_matches_torch_*",
+    "tests/test_vit.py::test_last_layer_attention_and_saliency_*",
+    "tests/test_vit.py::test_cli_tokenize_and_show",
+    "tests/test_vit.py::test_other_working_sizes_*",
+    "tests/test_images.py::test_draft_size_jpeg_and_png",
+    "tests/test_images.py::test_no_leaked_file_handles",
+    "tests/test_sd_vae.py::test_decode_resembles_the_image",
+    "tests/test_preprocess.py::test_12mp_jpeg_matches_slow_processor",
+    "tests/test_packaging.py::test_wheel_*",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests named in SLOW_TESTS as slow."""
+    import fnmatch
+
+    for item in items:
+        if any(fnmatch.fnmatchcase(item.nodeid, pattern) for pattern in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
