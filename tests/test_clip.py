@@ -24,7 +24,12 @@ pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")
 
 from tiny_models import (  # noqa: E402 - after the importorskips
-    OPEN_CLIP_SIGLIP, OPEN_CLIP_VIT, SIGLIP_PREPROCESS, TEXTS, tiny_hf_folder, tiny_open_clip_folder,
+    OPEN_CLIP_SIGLIP,
+    OPEN_CLIP_VIT,
+    SIGLIP_PREPROCESS,
+    TEXTS,
+    tiny_hf_folder,
+    tiny_open_clip_folder,
     tiny_open_clip_model,
 )
 
@@ -288,7 +293,7 @@ def test_no_model_constructs_and_says_what_to_pass():
     for name in ("clip", "siglip"):
         tok = vistok.load(name)
         assert tok.kind == "soft" and not tok.decodable
-        for call in (tok.check, lambda: tok.encode(sample_images()[0]), lambda: tok.count(10, 10)):
+        for call in (tok.check, lambda tok=tok: tok.encode(sample_images()[0]), lambda tok=tok: tok.count(10, 10)):
             with pytest.raises(ValueError, match=rf"needs a model.*vistok.load\('{name}', model="):
                 call()
         with pytest.raises(NotImplementedError, match="do not decode"):
@@ -381,3 +386,76 @@ def test_bad_options_and_inputs(folders, tmp_path):
         tok.zero_shot(sample_images()[0], ["cat"], template="a photo")
     with pytest.raises(ValueError, match="non-empty list of strings"):
         tok.embed_text([])
+
+
+# -- bounds and damaged files ----------------------------------------------------------------------
+
+def test_strip_is_refused_before_the_weights_load_and_the_batch_goes_on(folders, tmp_path, monkeypatch):
+    from vistok import preprocess as pp
+    from vistok.batch import tokenize_files
+
+    strip, picture = tmp_path / "strip.png", tmp_path / "picture.png"
+    Image.new("L", (1, 20000), 128).save(strip)
+    Image.open(sample_images()[0]).convert("RGB").resize((64, 40)).save(picture)
+    clip = vistok.load("clip", model=str(folders["hf_clip"]))   # shortest edge 32, crop 32
+    assert clip.preprocessing.working_pixels(1, 20000) == 32 * 640_000
+    clip._model = None
+    with pytest.raises(vistok.ImageError, match=r"strip.png: a 1x20000 image .* resized to 32x640000"):
+        clip.encode([picture, strip])
+    assert clip._model is None  # refused from the header, before the weights were read
+    seen: list[int] = []
+    real = pp._resize
+    monkeypatch.setattr(pp, "_resize", lambda rgb, target, cfg, box: seen.append(target[0] * target[1])
+                        or real(rgb, target, cfg, box))
+    result = tokenize_files([picture, strip], clip)
+    assert list(result.tokens) == [str(picture)] and list(result.errors) == [str(strip)]
+    np.testing.assert_array_equal(result.tokens[str(picture)].values, clip.encode(picture).values)
+    assert max(seen) <= pp.MAX_WORKING_PIXELS
+    # SigLIP resizes to an exact 32x32: the same strip is within the bound and encodes
+    assert vistok.load("siglip", model=str(folders["hf_siglip"])).encode(strip).grid == (4, 4)
+
+
+def _cut(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_weights_give_one_line_naming_the_file(folders, tmp_path):
+    hf = shutil.copytree(folders["hf_clip"], tmp_path / "hf")
+    _cut(hf / "model.safetensors")
+    oc = shutil.copytree(folders["oc_clip"], tmp_path / "oc")
+    _cut(oc / "open_clip_model.safetensors")
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(OPEN_CLIP_VIT))
+    torch.save(tiny_open_clip_model(OPEN_CLIP_VIT).state_dict(), tmp_path / "zip.pt")
+    _cut(tmp_path / "zip.pt")
+    torch.save(tiny_open_clip_model(OPEN_CLIP_VIT).state_dict(), tmp_path / "old.pt",
+               _use_new_zipfile_serialization=False)
+    _cut(tmp_path / "old.pt")
+    cases = [
+        ({"model": str(hf)}, r"hf/model.safetensors: truncated safetensors file: its tensors need"),
+        ({"model": str(oc), "backend": "open_clip"}, r"oc/open_clip_model.safetensors: truncated safetensors file"),
+        ({"model": str(tmp_path / "zip.pt"), "backend": "open_clip", "open_clip_arch": str(arch)},
+         r"zip.pt: truncated or corrupt PyTorch checkpoint \(a zip archive whose central directory"),
+        ({"model": str(tmp_path / "old.pt"), "backend": "open_clip", "open_clip_arch": str(arch)},
+         r"old.pt: truncated PyTorch checkpoint \(its data ends early\)"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message + ".*; download or copy it again$") as err:
+            vistok.load("clip", **options).check()
+        assert "\n" not in str(err.value)
+
+
+def test_cli_truncated_weights_exit_2_without_traceback(folders, tmp_path):
+    from typer.testing import CliRunner
+
+    from vistok.cli import app
+
+    hf = shutil.copytree(folders["hf_siglip"], tmp_path / "hf")
+    _cut(hf / "model.safetensors")
+    out = tmp_path / "t.safetensors"
+    result = CliRunner().invoke(app, ["tokenize", str(sample_images()[0]), "--tokenizer", "siglip",
+                                      "-c", f"model={hf}", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "model.safetensors: truncated safetensors file" in result.output
+    assert not out.exists()

@@ -342,3 +342,49 @@ def test_heatmap_puts_each_value_on_its_cell():
         heatmap(image, tokens, np.zeros(3))
     with pytest.raises(ValueError, match="no 'saliency' extra"):
         heatmap(image, tokens, "saliency")
+
+
+# -- bounds and damaged files -----------------------------------------------------------------------------
+
+def test_strip_is_refused_in_crop_mode_alone_and_encoded_in_fit_mode(dinov2_folders, tmp_path, monkeypatch):
+    from vistok import preprocess as pp
+    from vistok.batch import tokenize_files
+
+    seen: list[int] = []
+    real = pp._resize
+    monkeypatch.setattr(pp, "_resize", lambda rgb, target, cfg, box: seen.append(target[0] * target[1])
+                        or real(rgb, target, cfg, box))
+    strip, picture = tmp_path / "strip.png", tmp_path / "picture.png"
+    Image.new("RGB", (20000, 1), (200, 40, 10)).save(strip)
+    photo(0, (64, 48)).save(picture)
+    crop = vistok.load("vit", model=str(dinov2_folders["plain"]), resize="crop")
+    # shortest side to 48: the strip would become 960000x48 before its 48x48 crop
+    assert crop.preprocessing_for(20000, 1).working_pixels(20000, 1) == 960_000 * 48
+    with pytest.raises(vistok.ImageError, match=r"strip.png: a 20000x1 image .* resized to 960000x48 = "
+                                                r"46,080,000 pixels, over this encoder's bound of 16,777,216"):
+        crop.encode([picture, strip])
+    result = tokenize_files([picture, strip], crop)
+    assert list(result.tokens) == [str(picture)] and "960000x48" in result.errors[str(strip)]
+    assert result.tokens[str(picture)].grid == (6, 6)
+    assert max(seen) <= pp.MAX_WORKING_PIXELS
+    # "fit" scales the longer side down: the same strip is a 48x8 input, one row of six patches
+    fit = vistok.load("vit", model=str(dinov2_folders["plain"]))
+    assert fit.encode(strip).grid == (1, 6)
+
+
+def test_truncated_weights_give_one_line(dinov2_folders, tmp_path):
+    from vistok.cli import app
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for f in dinov2_folders["plain"].iterdir():
+        data = f.read_bytes()
+        (cut / f.name).write_bytes(data[: len(data) // 2] if f.name == "model.safetensors" else data)
+    pattern = r"cut/model.safetensors: truncated safetensors file: its tensors need [\d,]+ bytes, the file has [\d,]+"
+    with pytest.raises(ValueError, match=pattern):
+        vistok.load("vit", model=str(cut)).check()
+    result = CliRunner().invoke(app, ["tokenize", str(sample_images()[0]), "--tokenizer", "vit", "-c", f"model={cut}",
+                                      "--out", str(tmp_path / "t.safetensors")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "truncated safetensors file" in result.output and "download or copy it again" in result.output
+    assert not (tmp_path / "t.safetensors").exists()

@@ -13,9 +13,9 @@ and works on one core, transformers issue #13991):
    through Pillow's ``Image.draft``, when the decoded image still has at least *twice* the resized size in
    both directions.  libjpeg's scaled inverse DCT (IJG libjpeg's ``scale_num / scale_denom``, kept by
    libjpeg-turbo) turns each 8x8 block into a 4x4, 2x2 or 1x1 block, so a 12-megapixel photo becomes
-   1000x750 without the full-size inverse DCT, chroma upsampling and colour conversion.  That scaling acts like a small box prefilter;
-   the factor of two keeps it well inside the resize filter's footprint: on 12 MP photos the output then
-   differs from a full decode by about 0.25 grey levels on average (about 0.8 when decoding straight down
+   1000x750 without the full-size inverse DCT, chroma upsampling and colour conversion.  That scaling acts like a
+   small box prefilter; the factor of two keeps it well inside the resize filter's footprint: on 12 MP photos the
+   output then differs from a full decode by about 0.25 grey levels on average (about 0.8 when decoding straight down
    to the resized size).  When a dimension is not a multiple of the scale, the last decoded pixel covers
    a partial block; the resize then reads exactly the source area (Pillow's ``box``), so nothing is
    stretched.  ``Preprocess(draft=False)`` decodes every pixel.
@@ -52,8 +52,8 @@ from PIL import Image
 
 from vistok.images import ImageError, ImageInput, _open_encoded, _orientation, open_image, probe_size, source_name
 
-__all__ = ["Preprocess", "preprocess", "sized_inputs", "batches", "MAX_WORKING_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN",
-           "CLIP_STD"]
+__all__ = ["Preprocess", "preprocess", "sized_inputs", "batches", "resample_name", "MAX_WORKING_PIXELS",
+           "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,6 +71,17 @@ _DRAFT_MARGIN = 2.0
 
 _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+"""The resample names vistok takes, and Pillow's filter for each: the one resample table."""
+
+
+def resample_name(value: object) -> str | None:
+    """The resample name for a name (any case) or a Pillow filter number (as Hugging Face image processor
+    configs store it: 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic); None for anything else."""
+    if isinstance(value, str):
+        return value.lower() if value.lower() in _RESAMPLE else None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return next((name for name, mode in _RESAMPLE.items() if int(mode) == int(value)), None)
+    return None
 
 
 def _size_pair(value: Any, field: str) -> int | tuple[int, int] | None:

@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["patch", "unpatch", "is_patched", "ToMeHandle", "merged_count", "bipartite_merge"]
+__all__ = ["patch", "unpatch", "is_patched", "ToMeHandle", "merged_count", "bipartite_merge", "group_mean"]
 
 _ATTR = "_vistok_tome"
 
@@ -79,13 +79,29 @@ def _check_r(r: Any) -> int | list[int]:
     raise ValueError(f"r must be a whole number >= 0 (tokens merged per block) or a list of them, got {r!r}")
 
 
+def group_mean(x: Any, assign: Any, size: Any, k: int) -> tuple[Any, Any]:
+    """Size-weighted means over groups, per image: ``x`` ``(B, n, C)``, ``assign`` ``(B, n)`` group ids in
+    ``0..k-1``, ``size`` ``(B, n)`` weights (None: all 1) -> means ``(B, k, C)`` and summed sizes ``(B, k)``.
+    The one weighted mean of ToMe (Bolya et al., ICLR 2023): merges here, and the keys the vit tokenizer
+    reports for merged tokens."""
+    import torch
+
+    b, n, c = x.shape
+    size = x.new_ones(b, n, dtype=torch.float32) if size is None else size
+    total = size.new_zeros(b, k).scatter_add_(1, assign, size)
+    rows = (assign + torch.arange(b, device=x.device)[:, None] * k).reshape(-1)  # one flat index_add_
+    weighted = x * size[..., None].to(x.dtype)
+    sums = x.new_zeros(b * k, c).index_add_(0, rows, weighted.reshape(-1, c)).view(b, k, c)
+    return sums / total[..., None].to(x.dtype), total
+
+
 def bipartite_merge(x: Any, metric: Any, size: Any, protected: int, r: int) -> tuple[Any, Any, Any]:
     """One ToMe step on a batch. ``x`` ``(B, T, C)``, ``metric`` ``(B, T, d)``, ``size`` ``(B, n)`` (or None:
     all ones) for the ``n = T - protected`` patch tokens. Returns the merged ``(B, T - r, C)``, the new sizes
     ``(B, n - r)`` and ``assign`` ``(B, n)``: the output patch token of each input patch token."""
     import torch
 
-    b, t, c = x.shape
+    b, t, _ = x.shape
     n = t - protected
     if not 0 <= r <= n // 2:
         raise ValueError(f"r={r} merges: at most floor({n} / 2) = {n // 2} of {n} tokens can merge in one step")
@@ -99,12 +115,7 @@ def bipartite_merge(x: Any, metric: Any, size: Any, protected: int, r: int) -> t
     position = keep.long().cumsum(1) - 1  # new index of each remaining token (relative order kept)
     target = 2 * partner.gather(1, merged) + 1  # the B token each merged A token joins
     assign = position.scatter(1, 2 * merged, position.gather(1, target))
-    weighted = x[:, protected:] if size is None else x[:, protected:] * size[..., None].to(x.dtype)
-    size = x.new_ones(b, n, dtype=torch.float32) if size is None else size
-    new_size = size.new_zeros(b, n - r).scatter_add_(1, assign, size)
-    rows = (assign + torch.arange(b, device=x.device)[:, None] * (n - r)).reshape(-1)  # one flat index_add_
-    sums = x.new_zeros(b * (n - r), c).index_add_(0, rows, weighted.reshape(-1, c)).view(b, n - r, c)
-    merged_x = sums / new_size[..., None].to(x.dtype)
+    merged_x, new_size = group_mean(x[:, protected:], assign, size, n - r)
     return torch.cat([x[:, :protected], merged_x], dim=1), new_size, assign
 
 

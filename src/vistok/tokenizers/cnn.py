@@ -29,12 +29,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-from vistok.images import ImageInput
 from vistok.hub import offline_reason
+from vistok.images import ImageInput
 from vistok.preprocess import Preprocess, batches, preprocess, sized_inputs
 from vistok.registry import register_tokenizer
 from vistok.tokens import Tokens
@@ -45,7 +45,7 @@ __all__ = ["CnnConfig", "EfficientNetLite0Config", "CnnTokenizer"]
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 AUTO = "auto"
 
-Size = Union[int, tuple[int, int], None, str]
+Size = int | tuple[int, int] | None | str
 
 
 @dataclass(frozen=True)

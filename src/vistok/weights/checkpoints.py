@@ -106,9 +106,9 @@ def unreadable(path: str | os.PathLike, err: BaseException) -> ValueError:
         return corrupt
     except OSError as os_err:
         return ValueError(f"{os.fspath(path)}: cannot read the weights file ({os_err.strerror or os_err})")
-    if isinstance(err, EOFError):
-        return CorruptWeightsError(path, "truncated PyTorch checkpoint (its data ends early)")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, EOFError) or "unexpected eof" in first.lower():
+        return CorruptWeightsError(path, "truncated PyTorch checkpoint (its data ends early)")
     return ValueError(f"{os.fspath(path)}: not a readable PyTorch/safetensors checkpoint (corrupt, or another "
                       f"format: {first[:200]})")
 
