@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vistok.hub import offline_reason
+from vistok.hub import HUB_ID, from_cache_or_hub, offline_reason
 from vistok.registry import register_path_handler, register_tokenizer
 from vistok.tokenizers.base import CellTokenizer, to_image
 from vistok.tokens import Tokens
@@ -46,7 +45,6 @@ _CLASS = "AutoencoderKL"
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
                  "diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin.index.json")
 _VARIANTS = ("fp16", "bf16")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _NEEDS = ("a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors, as "
           "AutoencoderKL.save_pretrained writes it), e.g. a Stable Diffusion pipeline's vae/ subfolder")
 
@@ -184,7 +182,7 @@ def _hub_source(ref: str, subfolder: str | None) -> _Source:
 
     candidates = [subfolder] if subfolder else [None, "vae"]
 
-    def fetch(local: bool) -> _Source | None:
+    def fetch(local: bool) -> _Source:
         found = None
         for sub in candidates:
             try:
@@ -194,19 +192,16 @@ def _hub_source(ref: str, subfolder: str | None) -> _Source:
             found = _Source(ref, None, ref, sub, path, _read_config(path))
             if found.config.get("_class_name") == _CLASS:
                 return found
+        if found is None:
+            raise FileNotFoundError(ref)
         return found
 
-    source = fetch(True)
-    if source is None:
-        reason = offline_reason()
-        if reason is not None:
-            raise _offline_error(ref, reason)
-        source = fetch(False)
-    if source is None:
+    def not_found(_err: Exception) -> FileNotFoundError:
         where = f"{ref}/{subfolder}" if subfolder else ref
-        raise FileNotFoundError(f"{where!r} is neither a local folder nor a diffusers model on the Hugging Face hub "
-                                f"(no config.json); sd-vae needs {_NEEDS}")
-    return _checked(source)
+        return FileNotFoundError(f"{where!r} is neither a local folder nor a diffusers model on the Hugging Face hub "
+                                 f"(no config.json); sd-vae needs {_NEEDS}")
+
+    return _checked(from_cache_or_hub(fetch, lambda reason: _offline_error(ref, reason), not_found))
 
 
 def _resolve(model: str | None, subfolder: str | None) -> _Source:
@@ -216,7 +211,7 @@ def _resolve(model: str | None, subfolder: str | None) -> _Source:
     path = Path(os.fspath(model)).expanduser()
     if path.exists():
         return _local_source(str(model), path, subfolder)
-    if _HUB_ID.fullmatch(str(model)) and not str(model).startswith("."):
+    if HUB_ID.fullmatch(str(model)) and not str(model).startswith("."):
         return _hub_source(str(model), subfolder)
     raise FileNotFoundError(f"no folder at {str(model)!r}; sd-vae needs {_NEEDS} (or a hub id such as "
                             "'stabilityai/sd-vae-ft-mse' when online)")
