@@ -31,7 +31,7 @@ def photo(width: int, height: int) -> Image.Image:
 def test_count_matches_encode(name, size, load_any):
     tok = load_any(name)
     tokens = tok.encode(photo(*size))
-    if getattr(tok, "countable", True):
+    if vistok.tokenizer_info(name).countable:
         assert len(tokens) == tok.count(*size)
     else:  # region tokens: how many depends on what is found, and count() says so instead of guessing
         with pytest.raises(ValueError, match="depends on the image content"):
@@ -46,11 +46,13 @@ def test_count_needs_no_weights(name, monkeypatch, load_any):
     def refuse(*args, **kwargs):
         raise AssertionError("count() must not read weights")
 
-    monkeypatch.setattr(vistok.weights, "read_weights", refuse)
-    for module in ("vistok.tokenizers.grid", "vistok.tokenizers.patch"):
+    # the modules that import read_weights by name first: one imported while vistok.weights is patched would
+    # keep `refuse` for the rest of the session
+    for module in ("vistok.tokenizers.grid", "vistok.tokenizers.patch", "vistok.learned.train"):
         monkeypatch.setattr(f"{module}.read_weights", refuse)
+    monkeypatch.setattr(vistok.weights, "read_weights", refuse)
     tok = load_any(name)
-    if getattr(tok, "countable", True):
+    if vistok.tokenizer_info(name).countable:
         assert tok.count(640, 480) > 0
     else:
         with pytest.raises(ValueError, match="depends on the image content"):
@@ -74,14 +76,59 @@ def test_decode_gives_the_working_size_and_resembles_the_image(name, load_any):
     tok = load_any(name)
     path = sample_images()[2]
     tokens = tok.encode(path)
+    assert tok.decodable == vistok.tokenizer_info(name).decodable
     if not tok.decodable:  # a clear refusal, never a made-up picture
         with pytest.raises((NotImplementedError, ValueError), match="decode"):
             tok.decode(tokens)
+        with pytest.raises((NotImplementedError, ValueError), match="decode"):
+            tok.decode([tokens])
         return
     image = tok.decode(tokens)
     assert image.size == tuple(tokens.meta["working_size"])
     reference = Image.fromarray((tok.prepare(path)[0] * 255).round().astype(np.uint8))
     assert psnr(reference, image) > 15.0  # a recognisable picture, not noise (noise scores ~8 dB)
+
+
+@pytest.mark.parametrize("name", vistok.list_tokenizers(decodable=True))
+def test_decode_takes_a_list_as_encode_does(name, load_any):
+    tok = load_any(name)
+    paths = sample_images()[:3]
+    batch = tok.encode(paths)
+    images = tok.decode(batch)
+    assert isinstance(images, list) and len(images) == 3
+    for image, tokens in zip(images, batch):
+        single = tok.decode(tokens)
+        assert isinstance(single, Image.Image) and image.size == single.size == tuple(tokens.meta["working_size"])
+        assert np.array_equal(np.asarray(image), np.asarray(single))
+    assert tok.decode(tuple(batch[:1]))[0].size == images[0].size and tok.decode([]) == []
+    with pytest.raises(TypeError, match=f"{name} decodes vistok.Tokens or a list of them, got str"):
+        tok.decode(["not tokens"])
+    with pytest.raises(TypeError, match="got ndarray"):
+        tok.decode(batch[0].values)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_declared_capabilities_hold(name, load_any):
+    """What the registry entry declares is what the instance offers, and nothing is offered undeclared."""
+    from vistok.preprocess import Preprocess
+
+    info = vistok.tokenizer_info(name)
+    tok = load_any(name)
+    assert tok.kind == info.kind
+    assert tok.decodable == info.decodable and tok.name == name
+    assert isinstance(tok.preprocess_config, Preprocess) if info.preprocessing else not hasattr(tok, "preprocess_config")
+    assert callable(tok.zero_shot) if info.zero_shot else not hasattr(tok, "zero_shot")
+    if info.decodable:  # vistok show compares the decode with the image as the tokenizer prepared it
+        pixels, original = tok.prepare(sample_images()[0])
+        assert pixels.ndim == 3 and pixels.shape[2] == 3 and len(original) == 2
+    if info.argument is not None:
+        assert info.argument in info.config_fields()
+        assert getattr(vistok.load(f"{name}:{info.config_fields()[info.argument]}").config, info.argument) == \
+            info.config_fields()[info.argument]
+    for key, value in info.fixed.items():
+        assert key not in info.config_fields() and getattr(tok.config, key) == value
+        with pytest.raises(TypeError, match=f"fixes {key}="):
+            vistok.load(name, **{key: value})
 
 
 @pytest.mark.parametrize("name", ALL)
