@@ -224,7 +224,7 @@ def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height
             layer = tokens.meta.get("layer")
             panels.append(heatmap(original, tokens, key))
             titles.append(f"{caption} (block {layer})" if key == "cls_attention" and layer is not None else caption)
-    if getattr(tokenizer, "decodable", False) and not steps:
+    if tokenizer.decodable and not steps:
         recon = tokenizer.decode(tokens)
         reference = working_image(image, tokenizer, recon.size)
         panels.append(recon)
@@ -266,12 +266,12 @@ def _show_regions(original: Image.Image, tokens: Tokens, height: int) -> Image.I
 
 
 def working_image(image: ImageInput, tokenizer: Any, size: tuple[int, int]) -> Image.Image:
-    """The image as the tokenizer saw it (its own ``prepare`` when it has one), for fair PSNR."""
-    prepare = getattr(tokenizer, "prepare", None)
-    if prepare is not None:
+    """The image as the tokenizer saw it, for fair PSNR: a decodable tokenizer's own ``prepare`` (every decodable
+    tokenizer has one), else the image resized to ``size``."""
+    if tokenizer.decodable:
         from vistok.tokenizers.base import to_image
 
-        return to_image(prepare(image)[0])
+        return to_image(tokenizer.prepare(image)[0])
     return open_image(image).resize(size, Image.Resampling.BICUBIC)
 
 
