@@ -57,6 +57,17 @@ def test_every_backend_is_registered():
         load_detector("facez")
 
 
+def test_backends_offer_the_detector_protocol_check_included():
+    from vistok.regions.base import Detector
+    from vistok.regions.detectors.torchvision_detector import TorchvisionDetector
+    from vistok.regions.detectors.yolo import YoloDetector
+
+    for name in ("faces", "saliency", "superpixels", "text"):  # the ones that need no file of yours
+        assert isinstance(load_detector(name), Detector), name
+    assert all(callable(cls.check) and callable(cls.detect) for cls in (TorchvisionDetector, YoloDetector))
+    vistok.load("regions:superpixels").check()  # RegionsTokenizer.check calls the detector's check
+
+
 def test_nms_and_iou_against_brute_force():
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 80, (40, 2))

@@ -35,12 +35,15 @@ class Region:
 
 @runtime_checkable
 class Detector(Protocol):
-    """What every backend offers: ``labels`` (id -> name) and ``detect(image) -> list[Region]``."""
+    """What every backend offers: ``labels`` (id -> name), ``detect(image) -> list[Region]`` and ``check()``,
+    which loads its model now so that bad options or files fail before any image is read."""
 
     name: str
     labels: Sequence[str]
 
     def detect(self, image: Image.Image) -> list[Region]: ...
+
+    def check(self) -> Any: ...
 
 
 @dataclass(frozen=True)

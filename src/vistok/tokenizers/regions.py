@@ -90,9 +90,7 @@ class RegionsTokenizer:
 
     def check(self) -> None:
         """Create the detector (and embedder) now, so that bad options fail before any image is read."""
-        check = getattr(self.detector, "check", None)
-        if check is not None:
-            check()
+        self.detector.check()
         if self.embedder is not None:
             self.embedder.check()
 
