@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from doc_examples import ROOT, Block, PageRunner, blocks, commands, output_matches, pages
 
 # pages whose examples train, encode with pretrained models or run the demo: minutes, not seconds
