@@ -338,8 +338,10 @@ def test_demo_writes_everything(tmp_path: Path, samples: list[Path]) -> None:
     for name in ("grid", "patch"):
         loaded = vistok.load_tokens(out / f"{name}.safetensors")
         assert sorted(loaded) == sorted(map(str, samples))
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(),  # strict JSON: no Infinity / NaN constants
+                         parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
     assert len(summary["tokenizers"]) == len(samples)
+    assert all(row["patch_psnr"]["768"] is None for row in summary["tokenizers"])  # exact: infinite PSNR -> null
     budget = summary["budget"]
     assert sorted(budget) == sorted(p.name for p in samples)
     for sample in samples:

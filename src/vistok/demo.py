@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vistok._json import dumps
 from vistok.batch import tokenize_files
 from vistok.budget.report import CountReport, count_files, histogram
 from vistok.metrics import psnr
@@ -78,7 +78,8 @@ def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str]
     8/32/128/768 principal components), ``<image>-efficientnet-lite0.png`` and ``<image>-focus-vit-s14.png``
     (pretrained encoders' feature tokens, ImageNet top-1, saliency and attention from CLS; skipped with a note
     when the encoders are not installed), the samples' token counts in six VLMs with their KV cache
-    (``budget-histogram.png``), and ``summary.json``.
+    (``budget-histogram.png``), and ``summary.json`` (strict JSON: an infinite PSNR, i.e. an exact
+    reconstruction, is written as null).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,7 @@ def run_demo(out_dir: str | os.PathLike = "vistok-demo", on_step: Callable[[str]
     budget = {Path(f).name: {m: {"image_tokens": c.image_tokens, "total_positions": c.total_positions,
                                  "kv_cache_bytes": report.budget.kv_bytes[f][m]} for m, c in per.items()}
               for f, per in report.budget.counts.items()}
-    summary.write_text(json.dumps({"tokenizers": [asdict(r) for r in report.rows],
+    summary.write_text(dumps({"tokenizers": [asdict(r) for r in report.rows],
                                    "encoders": [asdict(r) for r in report.encoders],
                                    "learned": [asdict(r) for r in report.learned], "budget": budget}, indent=2))
     report.files.append(summary)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
+from vistok._options import check_options
 from vistok._registry import Registry, import_modules
 
 if TYPE_CHECKING:
@@ -178,3 +179,4 @@ def _check_options(info: TokenizerInfo, config: dict[str, Any]) -> None:
             f"tokenizer {info.name!r} has no option {', '.join(map(repr, unknown))}; options: "
             + ", ".join(f"{k}={v!r}" for k, v in known.items())
         )
+    check_options(f"tokenizer {info.name!r}", info.config_class, config)

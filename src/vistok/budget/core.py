@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
+from vistok._options import check_options
 from vistok._registry import Registry
 
 __all__ = ["TokenCount", "Counted", "Family", "register_family", "get_family", "all_families", "check_size", "ceil_div"]
@@ -69,6 +70,7 @@ class Family:
         if unknown:
             defaults = ", ".join(f"{f.name}={f.default!r}" for f in fields(self.options))
             raise TypeError(f"{self.name} has no option {', '.join(map(repr, unknown))}; options: {defaults}")
+        check_options(self.name, self.options, overrides)
         return replace(self.options(), **overrides)
 
 

@@ -7,6 +7,8 @@ train, eval-recon), ``demo``, ``budget`` (count, fit, models); ``_common`` holds
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from vistok.cli import budget, demo, learned, tokens
@@ -18,7 +20,25 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from vistok import __version__
+
+        typer.echo(f"vistok {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
 
 app.command("list")(tokens.list_command)
 app.command()(tokens.tokenize)

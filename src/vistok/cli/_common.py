@@ -5,51 +5,82 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 
-# Wide tables when piped (Rich would otherwise fold them to 80 columns).
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+# Wide tables when piped (Rich would otherwise fold them to 80 columns). Messages on stderr are never folded
+# (soft wrap): a log or a pipe gets each error on one line, a terminal wraps it itself.
 out = Console(width=None if sys.stdout.isatty() else 150)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the data as JSON on stdout instead of a table.")]
+
+
+def error(message: str) -> None:
+    """Print ``error: MESSAGE`` on stderr as one line, the message taken literally (no Rich markup)."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+
+
+def print_json(data: Any) -> None:
+    """``data`` as strict JSON on stdout (non-finite numbers as null; see vistok._json)."""
+    from vistok._json import dumps
+
+    sys.stdout.write(dumps(data, indent=2) + "\n")
+    sys.stdout.flush()
 
 TokenizerOpt = Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer name (see `vistok list`).")]
 ConfigOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--config", "-c", metavar="KEY=VALUE",
                  help="Tokenizer option, repeatable: -c dim=32 -c max_side=none. See `vistok list -v`."),
 ]
 ReduceOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--reduce", "-r", metavar="METHOD:AMOUNT",
                  help="Shrink the tokens, repeatable (applied in order): tome:0.25 (a ratio), cls-attention:64 "
                       "(a count), pool:factor=2, visionzip:1/8,contextual=0.2. See `vistok reducers`."),
 ]
+FollowOpt = Annotated[
+    bool,
+    typer.Option("--follow-symlinks",
+                 help="If --out is a symbolic link, write the file it points to (without this, a link is refused)."),
+]
 
 
-def parse_config(items: list[str] | None) -> dict[str, Any]:
-    """``["dim=32", "max_side=none", "codebook=cb.safetensors"]`` -> typed options (int, float, None, str)."""
+def parse_config(items: list[str] | None, types: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``["dim=32", "max_side=none", "codebook=cb.safetensors"]`` -> typed options. ``types`` (an option's
+    declared type, see vistok._options.field_types) decides how each value is read: ``-c model=123`` stays
+    text for a ``str`` option; without it, the first of None, true/false, int, float that reads the text."""
+    from vistok._options import from_text
+
     config: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--config")
-        value: Any = raw
-        if raw.lower() in ("none", "null"):
-            value = None
-        elif raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            for cast in (int, float):
-                try:
-                    value = cast(raw)
-                    break
-                except ValueError:
-                    pass
-        config[key.strip().replace("-", "_")] = value
+        key = key.strip().replace("-", "_")
+        config[key] = from_text(raw, (types or {}).get(key))
     return config
+
+
+def tokenizer_option_types(name: str) -> dict[str, Any]:
+    """The declared type of each option of the tokenizer ``name`` (``"regions:faces"`` -> ``regions``'s);
+    {} for a name that is not registered (a path, a typo: vistok.load reports it)."""
+    from vistok._options import field_types
+    from vistok.registry import tokenizer_info
+
+    for candidate in (name, name.partition(":")[0]):
+        try:
+            return field_types(tokenizer_info(candidate).config_class)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return {}
 
 
 def parse_reduce(spec: str) -> tuple[str, dict[str, Any]]:
@@ -87,7 +118,7 @@ def reduce_all(items: dict[str, Any], specs: list[str] | None) -> dict[str, Any]
             items = {key: vistok.reduce(tokens, method, **options) for key, tokens in items.items()}
         except (KeyError, TypeError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
-            err.print(f"[red]error:[/red] --reduce {spec}: {message}")
+            error(f"--reduce {spec}: {message}")
             raise typer.Exit(2) from None
     return items
 
@@ -97,35 +128,77 @@ def load_tokenizer(name: str, config: list[str] | None) -> Any:
     import vistok
 
     try:
-        tokenizer = vistok.load(name, **parse_config(config))
+        tokenizer = vistok.load(name, **parse_config(config, tokenizer_option_types(name) if config else None))
         tokenizer.check()
         return tokenizer
     except (KeyError, TypeError, ValueError, FileNotFoundError, ImportError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         if isinstance(exc, ImportError):
             message = f"{name} needs the encoder packages ({exc}); install them: pip install 'vistok[encoders]'"
-        err.print(f"[red]error:[/red] {message}")
+        error(f"{message}")
         raise typer.Exit(2) from None
 
 
-def find_files(given: list[Path]) -> tuple[list[Path], dict[str, str]]:
-    """The image files under ``given`` (files and folders) and, for inputs that are not, the reason."""
-    from vistok.images import ImageError, find_images
+def find_files(given: list[Path], *, check: bool = False) -> tuple[list[Path], dict[str, str]]:
+    """The image files under ``given`` (files and folders) and, for inputs that are not, the reason; with
+    ``check``, files whose header cannot be read are among the reasons (see vistok.images.gather_images)."""
+    from vistok.images import gather_images
 
-    files: list[Path] = []
-    bad: dict[str, str] = {}
-    for item in given:
-        try:
-            files += find_images([item])
-        except ImageError as exc:
-            bad[str(item)] = exc.reason
-    return files, bad
+    return gather_images(given, check=check)
 
 
-def progress_bar(total: int) -> Progress:
-    """A transient progress bar on stderr, hidden for a single item."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=True, disable=total < 2)
+def gather_inputs(given: list[Path], out_file: Path | None = None, *,
+                  follow_symlinks: bool = False) -> tuple[list[Path], dict[str, str], Path | None]:
+    """Before any model loads: the readable images under ``given`` (headers read), the reasons for the
+    others, and ``out_file`` checked against them (see :func:`check_out`). Exits 1 when no image is readable."""
+    files, bad = find_files(given, check=True)
+    target = check_out(out_file, [*files, *bad], follow_symlinks=follow_symlinks)
+    if not files:
+        if bad:
+            error(f"no readable images: {len(bad)} input(s) cannot be used")
+            for key, reason in bad.items():
+                err.print(f"  {key}: {reason}", markup=False, highlight=False)
+        else:
+            error(f"no images found in {', '.join(map(str, given))}; vistok looks for "
+                      "image files (.jpg, .png, .webp, ... or image data without a suffix)")
+        raise typer.Exit(1)
+    return files, bad, target
+
+
+def check_out(out_file: Path | None, inputs: Any = (), *, follow_symlinks: bool = False,
+              option: str = "--out") -> Path | None:
+    """``--out`` (or ``option``) checked before the work starts (see vistok.outputs.check_output): the path
+    to write, or None for None. A path vistok will not write is a usage error (exit 2) with one line."""
+    from vistok.outputs import OutputError, check_output
+
+    if out_file is None:
+        return None
+    try:
+        return check_output(out_file, inputs=inputs, follow_symlinks=follow_symlinks)
+    except OutputError as exc:
+        error(f"{option} {exc}")
+        raise typer.Exit(2) from None
+
+
+def write_out(target: Path, write: Any, inputs: Any = ()) -> None:
+    """Write ``target`` (from :func:`check_out`) safely with ``write(tmp_path)``; a failure is one line, exit 1."""
+    from vistok.outputs import OutputError, write_output
+
+    try:
+        write_output(target, write, inputs=inputs)
+    except OutputError as exc:
+        error(f"{exc}")
+        raise typer.Exit(1) from None
+
+
+def progress_bar(total: int, *, stats: bool = False, transient: bool = True) -> Progress:
+    """A progress bar on stderr, hidden for a single item; ``stats`` adds a ``task.fields["stats"]`` column."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if stats:
+        columns.append(TextColumn("{task.fields[stats]}"))
+    return Progress(*columns, console=err, transient=transient, disable=total < 2)
 
 
 def warn_skipped(errors: dict[str, str]) -> None:
@@ -133,7 +206,7 @@ def warn_skipped(errors: dict[str, str]) -> None:
     if errors:
         err.print(f"[yellow]{len(errors)} unreadable input(s) skipped:[/yellow]")
         for key, reason in errors.items():
-            err.print(f"  {key}: {reason}")
+            err.print(f"  {key}: {reason}", markup=False, highlight=False)
 
 
 def report_failures(errors: dict[str, str]) -> None:
@@ -141,7 +214,7 @@ def report_failures(errors: dict[str, str]) -> None:
     if errors:
         err.print(f"[red]{len(errors)} input(s) failed and were skipped:[/red]")
         for key, reason in errors.items():
-            err.print(f"  {key}: {reason}")
+            err.print(f"  {key}: {reason}", markup=False, highlight=False)
         raise typer.Exit(1)
 
 

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from vistok.cli._common import err, human_bytes, out, parse_config, progress_bar, report_failures, yes
+from vistok.cli._common import (
+    FollowOpt,
+    JsonOpt,
+    check_out,
+    err,
+    error,
+    human_bytes,
+    out,
+    parse_config,
+    print_json,
+    progress_bar,
+    report_failures,
+    write_out,
+    yes,
+)
 
 ModelConfigOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--config", "-c", metavar="KEY=VALUE", help="Model option, e.g. -c max_pixels=1003520."),
 ]
 
@@ -31,41 +45,93 @@ def shape_of(breakdown: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def model_option_types(names: list[str]) -> dict[str, Any]:
+    """The declared type of each option of these models' family rules (for reading ``-c`` text)."""
+    from vistok._options import field_types
+    from vistok.budget.core import get_family
+    from vistok.budget.models import resolve_model
+
+    types: dict[str, Any] = {}
+    for name in names:
+        types = {**field_types(get_family(resolve_model(name).family).options), **types}
+    return types
+
+
+def model_options(names: list[str], config: list[str] | None) -> dict[str, Any]:
+    """``-c`` options read as the models' rules declare them and checked against every model before any
+    image is read; an unknown option or a bad value is one line and exit 2."""
+    from vistok.budget.core import get_family
+    from vistok.budget.models import resolve_model
+
+    options = parse_config(config, model_option_types(names) if config else None)
+    for name in names:
+        entry = resolve_model(name)
+        try:
+            get_family(entry.family).make_options(**{**entry.options, **options})
+        except (TypeError, ValueError) as exc:
+            error(f"{exc}")
+            raise typer.Exit(2) from None
+    return options
+
+
+def resolve_models(models: list[str]) -> list[str]:
+    """Canonical model names; an unknown one is one line (with suggestions) and exit 2."""
+    from vistok.budget.models import resolve_model
+
+    try:
+        return [resolve_model(m).name for m in models]
+    except KeyError as exc:
+        error(f"{exc.args[0]}")
+        raise typer.Exit(2) from None
+
+
+def no_images(given: list[Path]) -> None:
+    """Exit 1 with one line: nothing under ``given`` is an image."""
+    error(f"no images found in {', '.join(map(str, given))}; vistok looks for image files (.jpg, .png, .webp, ...)")
+    raise typer.Exit(1)
+
+
 def count_command(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (only headers are read).")],
     model: Annotated[list[str], typer.Option("--model", "-m", help="VLM name, alias or hub id; repeatable.")],
     config: ModelConfigOpt = None,
     dtype: Annotated[str, typer.Option(help="KV-cache dtype for the memory column.")] = "bfloat16",
-    per_image: Annotated[Optional[bool], typer.Option(
+    per_image: Annotated[bool | None, typer.Option(
         "--per-image/--summary-only", help="Per-image rows (default: on for up to 50 images).")] = None,
-    hist: Annotated[Optional[Path], typer.Option(help="Write a histogram of tokens per model to this PNG.")] = None,
+    hist: Annotated[Path | None, typer.Option(help="Write a histogram of tokens per model to this PNG.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """How many tokens each image becomes in each model, and the KV cache it takes.
 
     Counts follow each model's own preprocessing (see `vistok models`). For several images a summary gives p50/p95/max tokens and the total KV cache. Unreadable files are reported and skipped (exit code 1).
     """
-    from vistok.budget.models import resolve_model
     from vistok.budget.report import count_files, histogram
     from vistok.images import find_images
 
-    try:
-        names = [resolve_model(m).name for m in model]
-    except KeyError as exc:
-        err.print(f"[red]error:[/red] {exc.args[0]}")
-        raise typer.Exit(2) from None
-    options = parse_config(config)
-    total = sum(len(find_images([p])) if p.exists() else 1 for p in images)
+    names = resolve_models(model)
+    hist_target = check_out(hist, images, option="--hist")
+    options = model_options(names, config)
+    total = sum(len(find_images([p])) if p.is_dir() else 1 for p in images)
     with progress_bar(total) as progress:
         task = progress.add_task("counting", total=total)
         try:
             report = count_files(images, names, options=options, dtype=dtype,
                                  on_file=lambda _: progress.advance(task))
         except (TypeError, ValueError) as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            error(f"{exc}")
             raise typer.Exit(2) from None
+    if not report.counts and not report.errors:
+        no_images(images)
     if per_image is None:
         per_image = len(report.counts) <= 50
-    if per_image and report.counts:
+    if as_json:
+        rows = [{"image": key, "size": counted.image_size, "model": name, "image_tokens": counted.image_tokens,
+                 "positions": counted.total_positions, "breakdown": counted.breakdown,
+                 "kv_cache_bytes": report.kv_bytes[key][name]}
+                for key, per in report.counts.items() for name, counted in per.items()] if per_image else None
+        print_json({"models": names, "dtype": dtype, "options": options, "images": rows,
+                    "summary": report.summary(), "failed": report.errors})
+    if per_image and report.counts and not as_json:
         table = Table(title="image tokens per model")
         for column in ("image", "size", "model", "image tokens", "positions", "how", f"KV cache ({dtype})"):
             table.add_column(column, justify="left" if column in ("image", "model", "how") else "right",
@@ -76,7 +142,7 @@ def count_command(
                               f"{counted.total_positions:,}", shape_of(counted.breakdown),
                               human_bytes(report.kv_bytes[key][name]))
         out.print(table)
-    if len(report.counts) > 1 or not per_image:
+    if (len(report.counts) > 1 or not per_image) and not as_json:
         table = Table(title=f"summary over {len(report.counts)} image(s)")
         for column in ("model", "images", "p50", "p95", "max", "mean", "total tokens", f"total KV ({dtype})"):
             table.add_column(column, justify="left" if column == "model" else "right")
@@ -86,38 +152,110 @@ def count_command(
                           human_bytes(row["total_kv_bytes"]))
         out.print(table)
     if hist is not None and report.counts:
-        hist.parent.mkdir(parents=True, exist_ok=True)
-        histogram(report).save(hist)
-        out.print(f"wrote histogram to {hist}")
+        picture = histogram(report)
+        write_out(hist_target, lambda tmp: picture.save(tmp, format="PNG"), inputs=images)
+        (err if as_json else out).print(f"wrote histogram to {hist}", highlight=False)
     report_failures(report.errors)
 
 
 def fit_command(
-    image: Annotated[Path, typer.Argument(help="The image to fit.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (only headers are read).")],
     model: Annotated[str, typer.Option("--model", "-m", help="VLM name, alias or hub id.")],
-    budget: Annotated[int, typer.Option(help="Most image tokens allowed.")],
+    budget: Annotated[int, typer.Option(help="Most image tokens allowed.", min=1)],
     config: ModelConfigOpt = None,
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the resized image here.")] = None,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write the resized image here (several images: into this folder).")] = None,
+    follow_symlinks: FollowOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Make an image fit a token budget: the largest resize, a model option, or reducing tokens later."""
+    """Make images fit a token budget: the largest resize, a model option, or reducing tokens later.
+
+    One image gets a table of the ways; several (or a folder) get one row per image. Unreadable files are
+    reported and skipped (exit code 1).
+    """
+    from vistok.budget import fit
+    from vistok.cli._common import find_files
+    from vistok.images import ImageError
+
+    name = resolve_models([model])[0]
+    options = model_options([name], config)
+    files, bad = find_files(images)
+    if not files and not bad:
+        no_images(images)
+    single = len(images) == 1 and not images[0].is_dir() and len(files) == 1
+    targets = fit_targets(files, images, out_file, single, follow_symlinks)
+    results: dict[str, Any] = {}
+    with progress_bar(len(files)) as progress:
+        task = progress.add_task(f"fitting to {name}", total=len(files))
+        for path in files:
+            try:
+                results[str(path)] = fit(path, name, budget, **options)
+            except ImageError as exc:
+                bad[str(path)] = exc.reason
+            except (TypeError, ValueError) as exc:
+                bad[str(path)] = str(exc)
+            progress.advance(task)
+    if as_json:
+        print_json({"model": name, "budget": budget, "options": options,
+                    "images": [fit_record(key, result) for key, result in results.items()], "failed": bad})
+    elif single and results:
+        key, result = next(iter(results.items()))
+        out.print(ways_table(Path(key).name, result, budget))
+        for note in result.notes:
+            out.print(f"- {note}", highlight=False)
+    elif results:
+        out.print(fits_table(results, name, budget))
+    if targets:
+        write_resized(results, targets, single, as_json)
+    report_failures(bad)
+
+
+def fit_targets(files: list[Path], given: list[Path], out_file: Path | None, single: bool,
+                follow_symlinks: bool) -> dict[str, Path]:
+    """Where ``--out`` puts each resized image: the file itself for one image, else ``OUT/<path under the
+    folder given>``; each target checked before any work (see check_out)."""
+    if out_file is None:
+        return {}
+    if single:
+        return {str(files[0]): check_out(out_file, files, follow_symlinks=follow_symlinks)}  # type: ignore[dict-item]
+    targets: dict[str, Path] = {}
+    for path in files:
+        root = next((g for g in given if g.is_dir() and path.is_relative_to(g)), None)
+        relative = path.relative_to(root) if root is not None else Path(path.name)
+        target = out_file / relative
+        if str(target) in {str(t) for t in targets.values()}:
+            error(f"--out {out_file}: two inputs would both be written to {target}; fit them separately")
+            raise typer.Exit(2)
+        targets[str(path)] = check_out(target, files, follow_symlinks=follow_symlinks)  # type: ignore[assignment]
+    return targets
+
+
+def write_resized(results: dict[str, Any], targets: dict[str, Path], single: bool, as_json: bool) -> None:
+    """Write each image resized to its fit (aspect kept); one that no size fits is an error (exit 1)."""
     from PIL import Image
 
-    from vistok.budget import fit
-    from vistok.images import ImageError, open_image
+    from vistok.images import open_image
 
-    try:
-        result = fit(image, model, budget, **parse_config(config))
-    except KeyError as exc:
-        err.print(f"[red]error:[/red] {exc.args[0]}")
-        raise typer.Exit(2) from None
-    except ImageError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    except (TypeError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    say = err if as_json else out
+    unfit = [key for key, result in results.items() if result.resize is None and key in targets]
+    for key, result in results.items():
+        if result.resize is None or key not in targets:
+            continue
+        target = targets[key]
+        resized = open_image(key).resize(result.resize, Image.Resampling.LANCZOS)
+        known = target.suffix.lower() in Image.registered_extensions()
+        write_out(target, lambda tmp, im=resized, k=known: im.save(tmp, format=None if k else "PNG"), inputs=[key])
+        say.print(f"wrote {target} ({result.resize[0]}x{result.resize[1]})", highlight=False)
+    if unfit:
+        what = "this budget" if single else f"this budget for {', '.join(unfit)}"
+        error(f"no resize fits {what}, so there is no image to write")
+        raise typer.Exit(1)
+
+
+def ways_table(title: str, result: Any, budget: int) -> Table:
+    """One image: as is, the resize, the model option and reducing later, each with its tokens."""
     o = result.original
-    table = Table(title=f"{image.name} in {result.model}, budget {budget:,} image tokens")
+    table = Table(title=f"{title} in {result.model}, budget {budget:,} image tokens")
     for column in ("way", "size", "setting", "image tokens", "within budget"):
         table.add_column(column, justify="right" if column in ("image tokens",) else "left")
     table.add_row("as is", "{}x{}".format(*o.image_size), "-", f"{o.image_tokens:,}", yes(o.image_tokens <= budget))
@@ -133,21 +271,40 @@ def fit_command(
                           f"{result.option_count.image_tokens:,}", yes(True))
         table.add_row("reduce later", "{}x{}".format(*o.image_size), f"keep {result.keep_fraction:.0%}",
                       f"{budget:,}", yes(True))
-    out.print(table)
-    for note in result.notes:
-        out.print(f"- {note}")
-    if out_file is not None:
-        if result.resize is None:
-            err.print("[red]error:[/red] no resize fits this budget, so there is no image to write")
-            raise typer.Exit(1)
-        resized = open_image(image).resize(result.resize, Image.Resampling.LANCZOS)
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        resized.save(out_file)
-        out.print(f"wrote {out_file} ({result.resize[0]}x{result.resize[1]})")
+    return table
+
+
+def fits_table(results: dict[str, Any], model: str, budget: int) -> Table:
+    """Several images: one row each with its tokens as is, the resize that fits and the fraction to keep."""
+    table = Table(title=f"{len(results)} image(s) in {model}, budget {budget:,} image tokens")
+    for column in ("image", "size", "image tokens", "within budget", "resize to", "tokens after resize",
+                   "model option", "reduce: keep"):
+        table.add_column(column, justify="left" if column in ("image", "within budget", "model option") else "right",
+                         overflow="fold")
+    for key, result in results.items():
+        o = result.original
+        fits = result.fits_already
+        resize = "-" if fits else ("no size fits" if result.resize is None else "{}x{}".format(*result.resize))
+        after = "-" if fits or result.resized is None else f"{result.resized.image_tokens:,}"
+        option = "-" if fits or result.option is None else ", ".join(f"{k}={v}" for k, v in result.option.items())
+        table.add_row(key, "{}x{}".format(*o.image_size), f"{o.image_tokens:,}", yes(fits), resize, after, option,
+                      "-" if fits else f"{result.keep_fraction:.0%}")
+    return table
+
+
+def fit_record(image: str, result: Any) -> dict[str, Any]:
+    """One image's fit as plain data for --json."""
+    return {"image": image, "size": result.original.image_size, "image_tokens": result.original.image_tokens,
+            "fits_already": result.fits_already, "resize": result.resize,
+            "resized_tokens": result.resized.image_tokens if result.resized is not None else None,
+            "option": result.option,
+            "option_tokens": result.option_count.image_tokens if result.option_count is not None else None,
+            "keep_fraction": result.keep_fraction, "notes": result.notes}
 
 
 def models_command(
     pattern: Annotated[str, typer.Argument(help="Shell-style pattern, e.g. 'qwen*'.")] = "*",
+    as_json: JsonOpt = False,
 ) -> None:
     """List the VLMs vistok can count, with their family rule, LM preset and how the rule is proven."""
     from vistok.budget.core import get_family
@@ -156,8 +313,14 @@ def models_command(
     table = Table(title="models for vistok count / fit")
     for column in ("model", "family", "LM", "proof", "rule source"):
         table.add_column(column, overflow="fold")
+    records = []
     for name in list_models(pattern):
         entry = resolve_model(name)
         family = get_family(entry.family)
         table.add_row(name, family.name, entry.lm or "-", family.proof, family.source)
-    out.print(table)
+        records.append({"model": name, "family": family.name, "lm": entry.lm, "options": entry.options,
+                        "proof": family.proof, "source": family.source})
+    if as_json:
+        print_json(records)
+    else:
+        out.print(table)

@@ -8,11 +8,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vistok.cli._common import db, err, human_bytes, out, progress_bar
+from vistok.cli._common import (
+    JsonOpt,
+    db,
+    err,
+    escape,
+    human_bytes,
+    out,
+    print_json,
+    progress_bar,
+)
 
 
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the outputs.")] = Path("vistok-demo"),
+    as_json: JsonOpt = False,
 ) -> None:
     """The main job on the bundled sample images: tokenize, decode, measure and draw.
 
@@ -25,6 +35,13 @@ def demo(
     with progress_bar(total) as progress:
         task = progress.add_task("demo", total=total)
         report = run_demo(out_dir, on_step=lambda _: progress.advance(task))
+    if as_json:  # summary.json (strict JSON) and where everything went
+        import json
+
+        summary = json.loads((report.out_dir / "summary.json").read_text())
+        print_json({**summary, "out_dir": report.out_dir, "files": report.files,
+                    "notes": [n for n in (report.encoders_skipped, report.learned_skipped) if n]})
+        return
     table = Table(title="vistok demo: grid (hard) and patch (soft) tokens of the bundled samples")
     table.add_column("image")
     table.add_column("size", justify="right")
@@ -50,7 +67,7 @@ def demo(
                         f"{row.salient_tokens} of {row.vit_count}")
         out.print(enc)
     elif report.encoders_skipped:
-        err.print(f"[yellow]note:[/yellow] {report.encoders_skipped}")
+        err.print(f"[yellow]note:[/yellow] {escape(report.encoders_skipped)}")
     if report.learned:
         learned = Table(title="learned tokenizers (shipped): ids -> decoded picture")
         for column in ("image", "tokenizer", "ids", "bits", "bits/pixel", "PSNR"):
@@ -62,7 +79,7 @@ def demo(
         out.print("fsq-natural64 never saw camera, chelsea or coffee (held out); the other samples were among its "
                   "training photos. fsq-fmnist was trained on 28x28 clothing: these photos are outside its domain.")
     elif report.learned_skipped:
-        err.print(f"[yellow]note:[/yellow] {report.learned_skipped}")
+        err.print(f"[yellow]note:[/yellow] {escape(report.learned_skipped)}")
     if report.budget is not None:
         budget = Table(title="what the same images cost in VLMs: image tokens (KV cache, bf16)")
         budget.add_column("image")

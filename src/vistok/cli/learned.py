@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from vistok.cli._common import (
+    FollowOpt,
+    JsonOpt,
     err,
-    find_files,
+    error,
+    escape,
+    gather_inputs,
     load_tokenizer,
     out,
+    print_json,
     progress_bar,
     report_failures,
     warn_skipped,
@@ -36,10 +41,10 @@ def train_command(
     data: Annotated[str, typer.Argument(help="An image folder, or a named offline data set: fashion-mnist, samples-64.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model, checkpoints and metrics.")],
     quantizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Bottleneck: vq, fsq, lfq, rvq (hard ids) or kl (soft).")] = "fsq",
-    levels: Annotated[Optional[str], typer.Option(help="fsq levels per dimension, e.g. 8,5,5,5 (vocabulary = product).")] = None,
+    levels: Annotated[str | None, typer.Option(help="fsq levels per dimension, e.g. 8,5,5,5 (vocabulary = product).")] = None,
     factor: Annotated[int, typer.Option(help="Downsampling: 4, 8 or 16 (a 64x64 image -> 16x16, 8x8 or 4x4 ids).")] = 4,
     codebook_size: Annotated[int, typer.Option(help="vq/rvq/lfq codebook size (a power of 2 for lfq).")] = 1024,
-    codebook_dim: Annotated[Optional[int], typer.Option(help="vq: look codes up in this lower dimension.")] = None,
+    codebook_dim: Annotated[int | None, typer.Option(help="vq: look codes up in this lower dimension.")] = None,
     latent_dim: Annotated[int, typer.Option(help="Size of the quantized vector (fsq: number of levels).")] = 16,
     cosine: Annotated[bool, typer.Option(help="vq: cosine-similarity codes.")] = False,
     kmeans_init: Annotated[bool, typer.Option(help="vq/rvq: initialise codebooks by k-means on the first batch.")] = True,
@@ -51,7 +56,7 @@ def train_command(
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
     lr: Annotated[float, typer.Option(help="Peak Adam learning rate (warm-up, then cosine decay).")] = 2e-3,
     seed: Annotated[int, typer.Option(help="Seed: same seed and options give the same model.")] = 0,
-    size: Annotated[Optional[int], typer.Option(help="Crop side for folders and samples-64 (default 64).")] = None,
+    size: Annotated[int | None, typer.Option(help="Crop side for folders and samples-64 (default 64).")] = None,
     pool: Annotated[int, typer.Option(help="Random crops drawn once from folders/samples-64.")] = 20000,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
     log_every: Annotated[int, typer.Option(help="Steps per metrics line in metrics.jsonl.")] = 50,
@@ -82,11 +87,14 @@ def train_command(
 
     def on_data(dataset: Any) -> None:
         err.print(f"training on {dataset.name}: {len(dataset.train)} images of {dataset.size[1]}x{dataset.size[0]}"
-                  + (f", {len(dataset.test)} held out" if dataset.test is not None else ""))
+                  + (f", {len(dataset.test)} held out" if dataset.test is not None else ""), highlight=False)
         warn_skipped(dict(dataset.skipped))
+        if batch_size > len(dataset.train):  # batches are drawn with replacement: more would only repeat images
+            error(f"--batch-size {batch_size} is more than the {len(dataset.train)} training images of "
+                  f"{dataset.name}; use at most {len(dataset.train)}")
+            raise typer.Exit(2)
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[stats]}"), console=err, transient=False)
+    progress = progress_bar(steps + 1, stats=True, transient=False)
     task = None
 
     def on_step(step: int, record: dict[str, Any] | None) -> None:
@@ -102,13 +110,13 @@ def train_command(
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", CodebookCollapseWarning)
-        warnings.showwarning = lambda message, *a, **k: err.print(f"[yellow]warning:[/yellow] {message}")
+        warnings.showwarning = lambda message, *a, **k: err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
         try:
             with progress:
                 path = train_tokenizer(data, out_dir, quantizer=quantizer, size=size, pool=pool, resume=resume,
                                        on_step=on_step, on_data=on_data, command=command, **options)
         except (ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            error(f"{exc}")
             raise typer.Exit(2) from None
     out.print(f"wrote {path} (metrics in {out_dir / 'metrics.jsonl'}); use it with: vistok tokenize IMAGES -t {out_dir}")
 
@@ -118,33 +126,31 @@ def eval_recon(
     data: Annotated[str, typer.Argument(help="Held-out images: fashion-mnist / samples-64 (their test splits), or a folder.")],
     limit: Annotated[int, typer.Option(help="Evaluate on the first N images only (0 = all).")] = 0,
     max_side: Annotated[int, typer.Option(help="Folders: scale images down so the longer side is at most this.")] = 256,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers to this JSON file.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Reconstruction quality of a learned tokenizer on held-out images.
 
     Reports PSNR and SSIM (scikit-image, mean over images), bits per pixel of the ids, codebook usage and
     perplexity, and encode/decode images per second. rFID is not reported: it needs Inception weights that
-    cannot be loaded offline.
+    cannot be loaded offline. With --json the numbers are printed as JSON (save them with > FILE).
     """
-    import json
-
     from vistok.learned.evaluate import evaluate, held_out_images
     from vistok.registry import tokenizer_info
 
     tokenizer = load_tokenizer(model, None)
     if not tokenizer_info(tokenizer.name).learned:
-        err.print(f"[red]error:[/red] {model} is not a learned tokenizer; pass fsq-fmnist, fsq-natural64 or a "
+        error(f"{model} is not a learned tokenizer; pass fsq-fmnist, fsq-natural64 or a "
                   "folder written by `vistok train`")
         raise typer.Exit(2)
     try:
         images, skipped = held_out_images(data, tokenizer.channels, max_side=max_side or None)
     except (ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        error(f"{exc}")
         raise typer.Exit(2) from None
     if limit:
         images = images[:limit]
     if not images:
-        err.print(f"[red]error:[/red] no readable images in {data}")
+        error(f"no readable images in {data}")
         report_failures(dict(skipped))
         raise typer.Exit(1)
     with progress_bar(len(images)) as progress:
@@ -152,7 +158,7 @@ def eval_recon(
         try:
             result = evaluate(tokenizer, images, on_batch=lambda n: progress.advance(task, n))
         except ValueError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            error(f"{exc}")
             raise typer.Exit(2) from None
     result.pop("reconstructions")
     table = Table(title=f"{model} on {data} ({result['images']} held-out images)")
@@ -166,17 +172,20 @@ def eval_recon(
              ("decode images/s", f"{result['decode_images_per_s']:.0f}")]
     for row in rows:
         table.add_row(*row)
-    out.print(table)
-    if json_out is not None:
-        json_out.write_text(json.dumps({"model": model, "data": data, **result}, indent=2))
+    if as_json:
+        print_json({"model": model, "data": data, **result})
+    else:
+        out.print(table)
     warn_skipped(dict(skipped))
 
 
-def fit_weights(kind: str, images: list[Path], fit: Callable[[list[Any]], Any], out_file: Path) -> None:
+def fit_weights(kind: str, images: list[Path], fit: Callable[[list[Any]], Any], out_file: Path,
+                follow_symlinks: bool = False) -> None:
     """Read the images under ``images``, fit ``kind`` on them and save its weights to ``out_file``."""
     from vistok.images import ImageError, open_image
+    from vistok.outputs import OutputError
 
-    files, bad = find_files(images)
+    files, bad, target = gather_inputs(images, out_file, follow_symlinks=follow_symlinks)
     good = []
     with progress_bar(len(files)) as progress:
         task = progress.add_task(f"reading images for {kind}", total=len(files))
@@ -187,16 +196,20 @@ def fit_weights(kind: str, images: list[Path], fit: Callable[[list[Any]], Any], 
                 bad[str(path)] = exc.reason
             progress.advance(task)
     if not good:
-        err.print("[red]error:[/red] no readable images to fit on")
+        error("no readable images to fit on")
         report_failures(bad)
         raise typer.Exit(1)
     with err.status(f"fitting {kind} on {len(good)} image(s)"):
         try:
             fitted = fit([image for _, image in good])
         except ValueError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            error(f"{exc}")
             raise typer.Exit(2) from None
-    fitted.save_weights(out_file, sources=[name for name, _ in good])
+    try:
+        fitted.save_weights(target, sources=[name for name, _ in good])
+    except OutputError as exc:
+        error(f"{exc}")
+        raise typer.Exit(1) from None
     out.print(f"wrote {out_file}: {kind} fitted on {len(good)} image(s)")
     report_failures(bad)
 
@@ -208,6 +221,7 @@ def fit_codebook(
     max_side: Annotated[int, typer.Option(help="Longer image side before cutting (0 keeps native size).")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed for k-means.")] = 0,
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Codebook file to write.")] = Path("codebook.safetensors"),
+    follow_symlinks: FollowOpt = False,
 ) -> None:
     """Learn a visual-word codebook for `grid` by k-means over cell pixels.
 
@@ -216,7 +230,7 @@ def fit_codebook(
     from vistok.tokenizers.grid import GridTokenizer
 
     fit_weights("grid codebook", images, lambda ims: GridTokenizer.fit(
-        ims, cell=cells, vocab=vocab, max_side=max_side or None, seed=seed), out_file)
+        ims, cell=cells, vocab=vocab, max_side=max_side or None, seed=seed), out_file, follow_symlinks)
 
 
 def fit_patch(
@@ -224,6 +238,7 @@ def fit_patch(
     patch: Annotated[int, typer.Option(help="Patch side in pixels.")] = 16,
     max_side: Annotated[int, typer.Option(help="Longer image side before cutting (0 keeps native size).")] = 256,
     out_file: Annotated[Path, typer.Option("--out", "-o", help="PCA weights file to write.")] = Path("patch.safetensors"),
+    follow_symlinks: FollowOpt = False,
 ) -> None:
     """Fit the linear patch embedding of `patch` by PCA over patch pixels.
 
@@ -232,4 +247,4 @@ def fit_patch(
     from vistok.tokenizers.patch import PatchTokenizer
 
     fit_weights("patch PCA", images, lambda ims: PatchTokenizer.fit(ims, patch=patch, max_side=max_side or None),
-                out_file)
+                out_file, follow_symlinks)

@@ -3,35 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from vistok.cli._common import (
     ConfigOpt,
+    FollowOpt,
+    JsonOpt,
     ReduceOpt,
     TokenizerOpt,
+    check_out,
     err,
-    find_files,
+    error,
+    gather_inputs,
     load_tokenizer,
     out,
+    print_json,
     progress_bar,
     reduce_all,
     report_failures,
+    write_out,
 )
 
 
 def list_command(
     pattern: Annotated[str, typer.Argument(help="Shell-style name pattern, e.g. 'p*'.")] = "*",
-    kind: Annotated[Optional[str], typer.Option(help="Only 'hard' (ids) or 'soft' (vectors).")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only 'hard' (ids) or 'soft' (vectors).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show each tokenizer's options.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List the registered tokenizers: kind, whether they decode, and where their weights come from."""
     import vistok
 
     if kind not in (None, "hard", "soft"):
         raise typer.BadParameter("kind must be 'hard' or 'soft'", param_hint="--kind")
+    if as_json:
+        infos = [vistok.tokenizer_info(name) for name in vistok.list_tokenizers(pattern, kind=kind)]  # type: ignore[arg-type]
+        print_json([{"name": i.name, "kind": i.kind, "decodes": i.decodable, "weights": i.weights,
+                     "description": i.description, "options": i.config_fields()} for i in infos])
+        return
     table = Table(title="vistok tokenizers")
     for column in ("name", "kind", "decodes", "weights", "what it does"):
         table.add_column(column, overflow="fold")
@@ -49,9 +61,11 @@ def list_command(
 def tokenize(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
     tokenizer: TokenizerOpt = "grid",
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write all tokens to this .safetensors file.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write all tokens to this .safetensors file.")] = None,
     config: ConfigOpt = None,
     reduce: ReduceOpt = None,
+    follow_symlinks: FollowOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Tokenize images and print tokens per image, vocabulary, bits and shape.
 
@@ -59,21 +73,34 @@ def tokenize(
     Bad files are reported and skipped; the others are still tokenized and saved. Exit code 1 if any failed.
     """
     from vistok.batch import tokenize_files
-    from vistok.images import find_images
+    from vistok.tokens import save_tokens
 
+    files, bad, target = gather_inputs(images, out_file, follow_symlinks=follow_symlinks)
     tok = load_tokenizer(tokenizer, config)
-    total = sum(len(find_images([p])) if p.exists() else 1 for p in images)
-    with progress_bar(total) as progress:
-        task = progress.add_task(f"tokenizing with {tokenizer}", total=total)
-        result = tokenize_files(images, tok, on_file=lambda _: progress.advance(task))
+    with progress_bar(len(files)) as progress:
+        task = progress.add_task(f"tokenizing with {tokenizer}", total=len(files))
+        result = tokenize_files(files, tok, on_file=lambda _: progress.advance(task))
     result.tokens = reduce_all(result.tokens, reduce)
-    table = tokens_table(f"{tokenizer}: {len(result.tokens)} image(s)", result.tokens)
-    out.print(table)
-    if out_file is not None and result.tokens:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        result.save(out_file)
-        out.print(f"wrote {len(result.tokens)} token set(s) to {out_file}")
-    report_failures(result.errors)
+    if not as_json:
+        out.print(tokens_table(f"{tokenizer}: {len(result.tokens)} image(s)", result.tokens))
+    if target is not None and result.tokens:
+        write_out(target, lambda tmp: save_tokens(tmp, result.tokens), inputs=[*files, *bad])
+        (err if as_json else out).print(f"wrote {len(result.tokens)} token set(s) to {out_file}", highlight=False)
+    if as_json:
+        print_json({"tokenizer": tokenizer, "images": tokens_records(result.tokens),
+                    "out": out_file if target is not None and result.tokens else None,
+                    "failed": {**bad, **result.errors}})
+    report_failures({**bad, **result.errors})
+
+
+def tokens_records(items: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of :func:`tokens_table` as plain data for --json."""
+    return [{"image": key, "size": tokens.image_size, "tokens": len(tokens),
+             "reduced_from": (tokens.meta.get("reductions") or [{}])[0].get("from"),
+             "reductions": [step["method"] for step in tokens.meta.get("reductions") or []],
+             "grid": tokens.grid, "vocab": tokens.vocab_size if tokens.is_hard else None, "bits": tokens.bits,
+             "shape": list(tokens.values.shape), "dtype": str(tokens.values.dtype),
+             "tokenizer": tokens.meta.get("tokenizer")} for key, tokens in items.items()]
 
 
 def tokens_table(title: str, items: dict[str, Any]) -> Table:
@@ -99,16 +126,22 @@ def tokens_table(title: str, items: dict[str, Any]) -> Table:
     return table
 
 
-def inspect(file: Annotated[Path, typer.Argument(help="A tokens file written by `vistok tokenize --out`.")]) -> None:
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A tokens file written by `vistok tokenize --out`.")],
+    as_json: JsonOpt = False,
+) -> None:
     """Summarise a tokens file: what each image became."""
     from vistok.tokens import load_tokens
 
     try:
         items = load_tokens(file)
     except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        error(f"{exc}")
         raise typer.Exit(1) from None
     names = sorted({t.meta.get("tokenizer", "?") for t in items.values()})
+    if as_json:
+        print_json({"file": file, "tokenizers": names, "images": tokens_records(items)})
+        return
     out.print(tokens_table(f"{file}: {len(items)} token set(s) from {', '.join(names)}", items))
 
 
@@ -118,6 +151,7 @@ def show(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("tokens.png"),
     config: ConfigOpt = None,
     reduce: ReduceOpt = None,
+    follow_symlinks: FollowOpt = False,
 ) -> None:
     """Draw the tokens over an image: the grid, the tokens as colours, the reconstruction (decodable
     tokenizers) and heat maps of saliency and attention from CLS (focus-vit-s14, vit). Region tokens
@@ -126,28 +160,43 @@ def show(
 
     With --reduce, the kept tokens and merged groups are painted over the patches they cover, one colour each.
     """
-    from vistok.images import ImageError
+    from PIL import Image
+
+    from vistok.images import ImageError, probe_size
     from vistok.viz import show as draw
 
+    target = check_out(out_file, [image], follow_symlinks=follow_symlinks)
+    try:
+        probe_size(image, max_pixels=None)  # a bad file fails now, before the model loads
+    except ImageError as exc:
+        error(f"{exc}")
+        raise typer.Exit(1) from None
     tok = load_tokenizer(tokenizer, config)
     try:
         tokens = tok.encode(image)
         tokens = reduce_all({"image": tokens}, reduce)["image"] if reduce else tokens
         picture = draw(image, tok, tokens)
     except ImageError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        error(f"{exc}")
         raise typer.Exit(1) from None
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(out_file)
+    known = target.suffix.lower() in Image.registered_extensions()  # type: ignore[union-attr]
+    write_out(target, lambda tmp: picture.save(tmp, format=None if known else "PNG"), inputs=[image])  # type: ignore[arg-type]
     out.print(f"wrote {out_file} ({picture.width}x{picture.height})")
     if "loc_tokens" in tokens.meta:  # region tokens: the boxes as PaliGemma writes them
         out.print(f"{len(tokens)} region(s) as PaliGemma location tokens (y0 x0 y1 x1, 1024 bins):", highlight=False)
         out.print(tokens.meta["loc_tokens"] or "(none)", highlight=False, markup=False, soft_wrap=True)
 
 
-def reducers_command() -> None:
+def reducers_command(as_json: JsonOpt = False) -> None:
     """List the token-reduction methods for --reduce and vistok.reduce: what each needs and its paper."""
     from vistok.reducers import list_methods, method_info
+
+    if as_json:
+        infos = [method_info(name) for name in list_methods()]
+        print_json([{"method": name, "kind": "merge" if i.merges else "select", "needs": list(i.needs),
+                     "uses": list(i.uses), "options": list(i.options), "description": i.description,
+                     "source": i.paper} for name, i in zip(list_methods(), infos)])
+        return
 
     table = Table(title="vistok token reducers")
     for column in ("method", "kind", "needs", "options", "what it does", "source"):
@@ -167,11 +216,12 @@ def classify(
     tokenizer: Annotated[str, typer.Option(
         "--tokenizer", "-t", help="A classifier: efficientnet-lite0 / cnn (ImageNet head), or clip / siglip "
                                   "(zero-shot over --labels; pass the checkpoint with -c model=PATH).")] = "efficientnet-lite0",
-    labels: Annotated[Optional[str], typer.Option(
+    labels: Annotated[str | None, typer.Option(
         "--labels", "-l", help="Comma-separated labels for zero-shot clip/siglip: 'cat,dog,rocket'.")] = None,
     template: Annotated[str, typer.Option(help="Text for each label ({} = the label), clip/siglip only.")] = "a photo of a {}.",
     top: Annotated[int, typer.Option(help="How many labels to print per image.", min=1)] = 3,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Label images: ImageNet classes from a CNN's head, or zero-shot over your labels with CLIP/SigLIP.
 
@@ -181,19 +231,20 @@ def classify(
     from vistok.images import ImageError
     from vistok.registry import tokenizer_info
 
+    files, bad, _ = gather_inputs(images)
     tok = load_tokenizer(tokenizer, config)
     zero_shot = tok.zero_shot if tokenizer_info(tok.name).zero_shot else None
     wanted = [label.strip() for label in (labels or "").split(",") if label.strip()]
     if zero_shot is not None and not wanted:
-        err.print(f"[red]error:[/red] {tokenizer} classifies zero-shot: give the labels, e.g. --labels 'cat,dog'")
+        error(f"{tokenizer} classifies zero-shot: give the labels, e.g. --labels 'cat,dog'")
         raise typer.Exit(2)
     if zero_shot is None and wanted:
-        err.print(f"[red]error:[/red] {tokenizer} has a fixed label set; --labels needs clip or siglip")
+        error(f"{tokenizer} has a fixed label set; --labels needs clip or siglip")
         raise typer.Exit(2)
-    files, bad = find_files(images)
     table = Table(title=f"{tokenizer}: top {top}" + (f" of {len(wanted)} labels" if wanted else ""))
     table.add_column("image")
     table.add_column("labels (probability)")
+    records = []
     with progress_bar(len(files)) as progress:
         task = progress.add_task(f"classifying with {tokenizer}", total=len(files))
         for path in files:
@@ -204,15 +255,20 @@ def classify(
                     tokens = tok.encode(path)
                     names, scores = tokens.meta.get("label_names"), tokens.extras.get("scores")
                     if not names or scores is None:
-                        err.print(f"[red]error:[/red] {tokenizer} gives no labels (a headless model); use one "
-                                  "with a classifier head, or clip/siglip with --labels")
+                        error(f"{tokenizer} gives no labels (a headless model); use one "
+                              "with a classifier head, or clip/siglip with --labels")
                         raise typer.Exit(2)
                     ranked = list(zip(names, map(float, scores)))[:top]
                 table.add_row(str(path), ", ".join(f"{name.split(',')[0]} ({p:.3f})" for name, p in ranked))
+                records.append({"image": str(path), "labels": [{"label": name, "probability": float(p)}
+                                                               for name, p in ranked]})
             except ImageError as exc:
                 bad[str(path)] = exc.reason
             except (OSError, ValueError) as exc:
                 bad[str(path)] = f"{type(exc).__name__}: {exc}"
             progress.advance(task)
-    out.print(table)
+    if as_json:
+        print_json({"tokenizer": tokenizer, "top": top, "images": records, "failed": bad})
+    else:
+        out.print(table)
     report_failures(bad)

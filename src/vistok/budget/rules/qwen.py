@@ -50,6 +50,9 @@ class Qwen2VLOptions:
     patch_size: int = 14
     merge_size: int = 2
 
+    def __post_init__(self) -> None:
+        _check_pixels(self)
+
 
 @dataclass(frozen=True)
 class Qwen3VLOptions:
@@ -60,6 +63,18 @@ class Qwen3VLOptions:
     max_pixels: int = 16777216
     patch_size: int = 16
     merge_size: int = 2
+
+    def __post_init__(self) -> None:
+        _check_pixels(self)
+
+
+def _check_pixels(opts: Qwen2VLOptions | Qwen3VLOptions) -> None:
+    """``max_pixels`` divides an area, so it must be positive; ``min_pixels`` must not be negative. (A
+    ``min_pixels`` above ``max_pixels`` is allowed: the processor's ``smart_resize`` then applies the cap.)"""
+    if opts.max_pixels < 1:
+        raise ValueError(f"max_pixels must be at least 1, got {opts.max_pixels}")
+    if opts.min_pixels < 0:
+        raise ValueError(f"min_pixels must be at least 0, got {opts.min_pixels}")
 
 
 def qwen_resize(width: int, height: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
