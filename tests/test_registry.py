@@ -293,3 +293,13 @@ def test_vit_variants_declare_what_they_fix():
         vistok.load("focus-vit-s14", model="/some/folder")
     with pytest.raises(TypeError, match="'vit' fixes backend='torch'"):
         vistok.load("vit", backend="onnxruntime")
+
+
+def test_shipped_learned_tokenizers_fix_their_quantizer():
+    for name in ("fsq-fmnist", "fsq-natural64"):
+        info = vistok.tokenizer_info(name)
+        assert info.learned and info.fixed == {"quantizer": "fsq"} and "quantizer" not in info.config_fields()
+        assert vistok.load(name).config.quantizer == "fsq"
+        with pytest.raises(TypeError, match=f"'{name}' fixes quantizer='fsq'"):
+            vistok.load(name, quantizer="vq")
+    assert vistok.tokenizer_info("learned").fixed == {} and vistok.tokenizer_info("learned").config_fields()["quantizer"] is None

@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -48,6 +48,7 @@ class LearnedConfig:
 class FsqFmnistConfig:
     """Options of ``fsq-fmnist``: max_side (28, the size it was trained on), batch_size."""
 
+    quantizer: ClassVar[str] = "fsq"  # fixed: the shipped file must hold an FSQ model
     max_side: int | None = 28
     batch_size: int = 256
 
@@ -56,6 +57,7 @@ class FsqFmnistConfig:
 class FsqNatural64Config:
     """Options of ``fsq-natural64``: max_side (longer side; it was trained on 64x64 crops), batch_size."""
 
+    quantizer: ClassVar[str] = "fsq"  # fixed: the shipped file must hold an FSQ model
     max_side: int | None = 256
     batch_size: int = 32
 
@@ -103,7 +105,7 @@ class LearnedTokenizer(CellTokenizer):
         if self._file is None:
             from vistok.learned.train import MODEL_FILE
 
-            path = getattr(self.config, "path", None)
+            path = self.config.path  # only `learned` gets here: the shipped tokenizers are given their file
             if path is None:
                 raise ValueError("the learned tokenizer needs path=FOLDER, a folder written by `vistok train` "
                                  "(or its model.safetensors); or use a shipped one: fsq-fmnist, fsq-natural64")
@@ -149,7 +151,7 @@ class LearnedTokenizer(CellTokenizer):
         if self._model is None:
             from vistok.learned.train import load_model
 
-            self._model, _ = load_model(self.file, getattr(self.config, "quantizer", None))
+            self._model, _ = load_model(self.file, self.config.quantizer)
         return self._model
 
     def _load_weights(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = ["ViTConfig", "FocusViTConfig", "FOCUS", "FOCUS_LAYER", "RESIZE_MODES", "BACKENDS"]
 
@@ -54,6 +55,7 @@ class ViTConfig(_Options):
     model: str = FOCUS
     saliency: bool = False
     saliency_map: bool = False
+    backend: ClassVar[str] = "torch"  # fixed: vit always runs the transformers model
 
 
 @dataclass
@@ -62,6 +64,7 @@ class FocusViTConfig(_Options):
     saliency on by default, plus backend: ``"torch"`` (transformers ``Dinov2Model``) or ``"onnxruntime"`` (the
     package's original graph; same numbers to ~1e-5)."""
 
+    model: ClassVar[str] = FOCUS  # fixed: the weights are focus-vit-s14's (vit loads other checkpoints)
     attentions: bool = True
     saliency: bool = True
     saliency_map: bool = False

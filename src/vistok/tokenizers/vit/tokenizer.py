@@ -11,7 +11,7 @@ import numpy as np
 
 from vistok.preprocess import Preprocess, batches, preprocess, sized_inputs
 from vistok.tokenizers.vit.checkpoint import Source, cached, describe_source, focus_norm, load_transformers
-from vistok.tokenizers.vit.config import BACKENDS, FOCUS, FOCUS_LAYER, RESIZE_MODES, FocusViTConfig, ViTConfig
+from vistok.tokenizers.vit.config import BACKENDS, FOCUS_LAYER, RESIZE_MODES, FocusViTConfig, ViTConfig
 from vistok.tokenizers.vit.forward import Request, forward_onnx, forward_torch
 from vistok.tokens import Tokens
 
@@ -50,11 +50,11 @@ class ViTTokenizer:
     # -- the checkpoint --------------------------------------------------------------------------
     @property
     def model_ref(self) -> str:
-        return getattr(self.config, "model", FOCUS)
+        return self.config.model
 
     @property
     def backend(self) -> str:
-        return getattr(self.config, "backend", "torch")
+        return self.config.backend
 
     @property
     def source(self) -> Source:
@@ -139,7 +139,7 @@ class ViTTokenizer:
 
     def _wants_saliency(self) -> bool:
         c = self.config
-        wanted = bool(getattr(c, "saliency", False) or getattr(c, "saliency_map", False))
+        wanted = bool(c.saliency or c.saliency_map)
         if wanted and self.source.kind != "focus":
             raise ValueError(f"saliency comes from focus-vit-s14's own head; {self.source.ref} has none "
                              "(pass saliency=False, or model='focus-vit-s14')")
@@ -228,7 +228,7 @@ class ViTTokenizer:
             per_patch = np.bincount(merged, per_patch) / np.bincount(merged)
         include = self.config.cls == "include"
         out = {"saliency": (np.r_[sal_map.mean(), per_patch] if include else per_patch).astype(np.float32)}
-        if getattr(self.config, "saliency_map", False):
+        if self.config.saliency_map:
             out["saliency_map"] = sal_map.astype(np.float32)
         return out
 
