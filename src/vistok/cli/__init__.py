@@ -2,7 +2,7 @@
 
 One module per group of commands, registered here in the order ``vistok --help`` lists them:
 ``tokens`` (list, tokenize, inspect, show, reducers, classify), ``learned`` (fit-codebook, fit-patch,
-train, eval-recon), ``demo``, ``budget`` (count, fit, models); ``_common`` holds what they share.
+train, eval-recon), ``demo``, ``budget`` (count, models), ``fit``; ``_common`` holds what they share.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from vistok.cli import budget, demo, learned, tokens
+from vistok.cli import budget, demo, fit, learned, tokens
 from vistok.cli._common import parse_config, parse_reduce
 
 app = typer.Typer(
@@ -50,7 +50,7 @@ app.command("fit-codebook")(learned.fit_codebook)
 app.command("fit-patch")(learned.fit_patch)
 app.command()(demo.demo)
 app.command("count")(budget.count_command)
-app.command("fit")(budget.fit_command)
+app.command("fit")(fit.fit_command)
 app.command("models")(budget.models_command)
 app.command("train")(learned.train_command)
 app.command("eval-recon")(learned.eval_recon)
