@@ -210,3 +210,111 @@ def test_decompression_bomb_limits_still_apply(tmp_path):
     with pytest.raises(ImageError, match="bomb.gif.*pixels"):
         probe_size(path)
     assert features.check("webp")
+
+
+# -- counting that streams ----------------------------------------------------------------------------
+
+MODELS = ["qwen2-vl-7b", "llava-1.5-7b", "gpt-4o"]
+
+
+def _tree(root):
+    """A small folder tree: images with and without suffixes, a sub-folder, hidden and broken files."""
+    shapes = [(64, 48), (48, 64), (300, 20), (640, 480), (64, 48)]
+    (root / "sub").mkdir()
+    (root / ".hidden").mkdir()
+    for i, (w, h) in enumerate(shapes):
+        (root / f"img{i}.jpg").write_bytes(_encode(Image.new("RGB", (w, h)), "JPEG", exif=_exif(6 if i == 1 else 1)))
+    (root / "sub" / "deep.png").write_bytes(_encode(Image.new("RGB", (33, 77)), "PNG"))
+    (root / "sub" / "nosuffix").write_bytes(_encode(Image.new("RGB", (90, 10)), "GIF"))
+    (root / ".hidden" / "skip.jpg").write_bytes(_encode(Image.new("RGB", (5, 5)), "JPEG"))
+    (root / ".skip.jpg").write_bytes(_encode(Image.new("RGB", (5, 5)), "JPEG"))
+    (root / "notes.txt").write_text("not an image")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+
+
+def test_stream_totals_match_per_image_counts(tmp_path):
+    import numpy as np
+
+    from vistok.budget import cost, count
+    from vistok.budget.report import count_stream
+    from vistok.images import find_images
+
+    _tree(tmp_path)
+    files = find_images([tmp_path])
+    report = count_stream([tmp_path], MODELS, keep=2)
+    good = [f for f in files if f.name != "broken.jpg"]
+    assert report.images == len(good) == 7
+    assert list(report.errors) == [str(tmp_path / "broken.jpg")]
+    assert list(report.counts) == [str(f) for f in good[:2]]  # the first two kept in full, in find_images order
+    for row, model in zip(report.summary(), MODELS):
+        counts = [count(f, model=model) for f in good]
+        tokens = [c.image_tokens for c in counts]
+        assert row["model"] == count((1, 1), model=model).model
+        assert row["total_tokens"] == sum(tokens) and row["max"] == max(tokens)
+        assert row["p50"] == pytest.approx(np.percentile(tokens, 50)) and row["p95"] == pytest.approx(np.percentile(tokens, 95))
+        expected_kv = None if model == "gpt-4o" else sum(cost(c).kv_cache_bytes for c in counts)
+        assert row["total_kv_bytes"] == expected_kv
+        assert report.tokens(row["model"]).tolist() == sorted(tokens)
+
+
+def test_stream_consumes_a_generator_lazily():
+    from vistok.budget.report import count_stream
+
+    counted = []
+
+    def sizes():
+        for i in range(200):
+            assert len(counted) == i  # item i is asked for only once items 0..i-1 are counted
+            yield (100 + i % 7, 80)
+        yield (0, 5)  # a bad size is an error, not a count
+        yield "/no/such/file.jpg"
+
+    report = count_stream(sizes(), ["llava-1.5-7b"], on_file=counted.append)
+    assert report.images == 200 and report.summary()[0]["total_tokens"] == 200 * 576
+    assert report.errors == {"(0, 5)": "image width must be positive, got 0", "/no/such/file.jpg": "no such file or directory"}
+    assert report.counts == {}  # keep=0: nothing per image
+
+
+def test_stream_memory_does_not_grow_with_the_images():
+    import tracemalloc
+
+    from vistok.budget.report import count_stream
+
+    def peak(n):
+        tracemalloc.start()
+        count_stream(((100 + i % 50, 80 + i % 30) for i in range(n)), ["qwen2-vl-7b"])
+        used = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return used
+
+    small, large = peak(3_000), peak(30_000)
+    assert large < small * 1.5 + 100_000, (small, large)
+
+
+def test_walk_matches_find_images_and_streams_large_folders(tmp_path):
+    from vistok.budget.report import iter_image_files
+    from vistok.images import find_images
+
+    _tree(tmp_path)
+    assert list(iter_image_files(tmp_path)) == [str(p) for p in find_images([tmp_path])]
+    assert list(iter_image_files(tmp_path, recursive=False)) == [str(p) for p in find_images([tmp_path], recursive=False)]
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(4200):  # more entries than are sorted in memory: same files, listing order
+        (big / f"{i:05d}.jpg").touch()
+    assert sorted(iter_image_files(big)) == sorted(str(p) for p in find_images([big]))
+
+
+def test_stream_refuses_unknown_models_and_bad_options_before_reading():
+    from vistok.budget.report import count_stream
+
+    def never():
+        raise AssertionError("read before the models were checked")
+        yield
+
+    with pytest.raises(KeyError, match="paligemma-672"):
+        count_stream(never(), ["paligemma-672"])
+    with pytest.raises(TypeError, match="max_tiles"):
+        count_stream(never(), ["llava-1.5-7b"], options={"max_tiles": 3})
+    with pytest.raises(ValueError, match="dtype"):
+        count_stream(never(), ["llava-1.5-7b"], dtype="float13")

@@ -152,20 +152,23 @@ def _tiff_orientation(get: Getter, base: int, length: int) -> int | None:
 
 def _jpeg(head: bytes, get: Getter) -> tuple[int, int] | None:
     """Walk the segments up to the start of scan, as Pillow's JPEG plugin does."""
-    pos, size, exif, xmp, n_exif = 2, None, None, None, 0
+    pos, size, exif, xmp, n_exif, end = 2, None, None, None, 0, len(head) - 4
     while True:
-        seg = head[pos:pos + 4] if pos + 4 <= len(head) else get(pos, 4)
-        if len(seg) < 2 or seg[0] != 0xFF:
+        if pos <= end:  # the common case: the marker lies in the first read
+            lead, marker, length = head[pos], head[pos + 1], (head[pos + 2] << 8) | head[pos + 3]
+        else:
+            seg = get(pos, 4)
+            if len(seg) < 2:
+                return None
+            lead, marker = seg[0], seg[1]
+            length = (seg[2] << 8) | seg[3] if len(seg) == 4 else -1
+        if lead != 0xFF:
             return None
-        marker = seg[1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
         if marker == 0xDA:
             break
-        if len(seg) < 4:
-            return None
-        length = (seg[2] << 8) | seg[3]
         if length < 2:
             return None
         if marker in _SOF:

@@ -99,6 +99,8 @@ def all_families() -> dict[str, Family]:
 
 def check_size(width: Any, height: Any, limit: int = 1_000_000) -> tuple[int, int]:
     """Validate an image size: positive integers no larger than ``limit`` per side (ValueError otherwise)."""
+    if type(width) is int and type(height) is int and 0 < width <= limit and 0 < height <= limit:
+        return width, height
     for label, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) and not (
             isinstance(value, float) and value.is_integer()

@@ -1,86 +1,240 @@
-"""Counting many files for many models: the loop behind ``vistok count``, its summary and histogram."""
+"""Counting many files for many models: the loop behind ``vistok count``, its summary and histogram.
+
+:func:`count_stream` reads its inputs lazily (folders with :func:`os.scandir`, one entry at a time) and keeps
+running totals per model: the number of images, total tokens and KV cache, and how many images gave each
+token count (exact percentiles and histograms from memory that grows with the distinct counts, not with
+the images). A folder of a million files is counted in the memory of a few thousand.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from vistok.budget.core import TokenCount
-from vistok.images import ImageError, find_images, probe_size
+from vistok.budget.core import TokenCount, check_size
+from vistok.images import IMAGE_EXTENSIONS, ImageError, probe_size, source_name
 
-__all__ = ["CountReport", "count_files", "histogram"]
+__all__ = ["CountReport", "Tally", "count_stream", "count_files", "iter_image_files", "histogram"]
+
+_SORTED_FOLDER = 4096  # a folder with at most this many entries is walked in name order, a larger one as listed
+_MEMO = 65536  # remembered (size -> count) answers per model; real folders repeat sizes a lot
 
 
-@dataclass
+class Tally:
+    """Running totals of one model's counts over many images."""
+
+    def __init__(self, model: str, has_lm: bool) -> None:
+        self.model = model
+        self.images = 0
+        self.total_tokens = 0
+        self.total_kv_bytes: int | None = 0 if has_lm else None
+        self.counts: Counter[int] = Counter()  # image tokens -> number of images
+
+    def add(self, tokens: int, kv_bytes: int | None) -> None:
+        self.images += 1
+        self.total_tokens += tokens
+        self.counts[tokens] += 1
+        if self.total_kv_bytes is not None and kv_bytes is not None:
+            self.total_kv_bytes += kv_bytes
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile of the image tokens, as ``numpy.percentile`` (linear) computes it."""
+        if not self.images:
+            return 0.0
+        position = (self.images - 1) * q / 100
+        below = int(position)
+        above = min(below + 1, self.images - 1)
+        low = high = 0
+        seen = 0
+        for value in sorted(self.counts):  # the values at ranks `below` and `above` (0-based)
+            seen += self.counts[value]
+            if seen > below and seen - self.counts[value] <= below:
+                low = value
+            if seen > above:
+                high = value
+                break
+        fraction = position - below
+        return float(low + (high - low) * fraction) if fraction < 0.5 else float(high - (high - low) * (1 - fraction))
+
+    def row(self) -> dict[str, Any]:
+        """``model, images, p50, p95, max, mean, total_tokens, total_kv_bytes``."""
+        return {"model": self.model, "images": self.images, "p50": self.percentile(50), "p95": self.percentile(95),
+                "max": max(self.counts, default=0), "mean": self.total_tokens / self.images if self.images else 0.0,
+                "total_tokens": self.total_tokens, "total_kv_bytes": self.total_kv_bytes}
+
+
 class CountReport:
-    """Counts per (file, model), the KV-cache bytes per count, and the files that could not be read."""
+    """What :func:`count_stream` found: per-model :class:`Tally` totals, the first ``keep`` images counted in
+    full (``counts``: file -> model -> :class:`TokenCount`; ``kv_bytes`` alike), and the inputs that could
+    not be counted (``errors``: name -> reason)."""
 
-    models: list[str]
-    counts: dict[str, dict[str, TokenCount]] = field(default_factory=dict)  # file -> model -> count
-    kv_bytes: dict[str, dict[str, int | None]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
+    def __init__(self, models: list[str], has_lm: dict[str, bool]) -> None:
+        self.models = models
+        self.tallies = {m: Tally(m, has_lm[m]) for m in models}
+        self.counts: dict[str, dict[str, TokenCount]] = {}
+        self.kv_bytes: dict[str, dict[str, int | None]] = {}
+        self.errors: dict[str, str] = {}
+
+    @property
+    def images(self) -> int:
+        """Images counted (for every model)."""
+        return self.tallies[self.models[0]].images if self.models else 0
+
+    def distribution(self, model: str) -> Counter[int]:
+        """Image tokens -> number of images, for ``model``."""
+        return self.tallies[model].counts
 
     def tokens(self, model: str) -> np.ndarray:
-        return np.array([per[model].image_tokens for per in self.counts.values()], dtype=np.int64)
+        """Every image's tokens for ``model``, in ascending order."""
+        counts = self.tallies[model].counts
+        values = sorted(counts)
+        return np.repeat(np.asarray(values, np.int64), [counts[v] for v in values])
 
     def summary(self) -> list[dict[str, Any]]:
         """Per model: images, p50/p95/max/mean image tokens, total tokens and total KV cache."""
-        rows = []
-        for model in self.models:
-            tokens = self.tokens(model)
-            kv = [per[model] for per in self.kv_bytes.values()]
-            rows.append({
-                "model": model, "images": int(len(tokens)),
-                "p50": float(np.percentile(tokens, 50)) if len(tokens) else 0.0,
-                "p95": float(np.percentile(tokens, 95)) if len(tokens) else 0.0,
-                "max": int(tokens.max()) if len(tokens) else 0,
-                "mean": float(tokens.mean()) if len(tokens) else 0.0,
-                "total_tokens": int(tokens.sum()),
-                "total_kv_bytes": None if any(v is None for v in kv) else int(sum(kv)),  # type: ignore[arg-type]
-            })
-        return rows
+        return [self.tallies[m].row() for m in self.models]
+
+
+def iter_image_files(root: str | os.PathLike, *, recursive: bool = True) -> Iterator[str]:
+    """The image files under the folder ``root``, one at a time, as :func:`vistok.images.find_images` picks
+    them (image suffixes, suffix-less files that start like an image, hidden entries and symlinked folders
+    skipped), in the same order for folders of up to 4,096 entries; larger folders in listing order."""
+    from vistok.images import _sniffed_image
+
+    try:
+        scan = os.scandir(root)
+    except OSError:
+        return
+    with scan:
+        entries = []
+        for entry in scan:
+            entries.append(entry)
+            if len(entries) > _SORTED_FOLDER:
+                break
+        else:
+            entries.sort(key=lambda e: e.name)
+        for entry in _chain(entries, scan):
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if recursive and not entry.is_symlink():
+                    yield from iter_image_files(entry.path, recursive=True)
+                continue
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in IMAGE_EXTENSIONS or (not suffix and _sniffed_image(entry.path)):
+                yield entry.path
+
+
+def _chain(first: list[os.DirEntry], rest: Iterator[os.DirEntry]) -> Iterator[os.DirEntry]:
+    yield from first
+    yield from rest
+
+
+def _expand(sources: Iterable[Any], recursive: bool, errors: dict[str, str]) -> Iterator[Any]:
+    """Paths of files and folders expanded into files, lazily; other inputs (sizes, bytes, images) as given."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    for item in sources:
+        if isinstance(item, (str, os.PathLike)):
+            if os.path.isdir(item):
+                yield from iter_image_files(item, recursive=recursive)
+            elif os.path.lexists(item):
+                yield os.fspath(item)
+            else:
+                errors[source_name(item)] = "no such file or directory"
+        else:
+            yield item
+
+
+def _size_of(item: Any) -> tuple[int, int]:
+    size = item if type(item) is tuple and len(item) == 2 else probe_size(item)
+    w, h = size
+    if type(w) is int and type(h) is int and 0 < w <= 1_000_000 and 0 < h <= 1_000_000:
+        return size
+    return check_size(w, h)
+
+
+def count_stream(
+    sources: Iterable[Any], models: Iterable[str], *, options: dict[str, Any] | None = None,
+    dtype: str = "bfloat16", keep: int | None = 0, recursive: bool = True,
+    on_file: Callable[[str], None] | None = None,
+) -> CountReport:
+    """Count every image in ``sources`` for every model, reading only headers and keeping running totals.
+
+    ``sources``: any iterable (a generator is consumed lazily) of file or folder paths, encoded bytes, images
+    or ``(width, height)`` pairs. ``keep``: how many images to also keep in full in ``report.counts`` (``None``:
+    all, as :func:`count_files` does). Unreadable inputs are recorded in ``report.errors`` and skipped, never
+    counted as zero; unknown models and bad options raise before any input is read.
+    """
+    from vistok.budget import _prepare, count
+    from vistok.budget.cost import DTYPE_BYTES, cost, lm_presets
+    from vistok.budget.models import resolve_model
+
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}")
+    options = dict(options or {})
+    models = list(models)
+    prepared = [_prepare(m, None, options) for m in models]
+    names = [p[0] for p in prepared]
+    lms = [resolve_model(name).lm for name in names]
+    configs = [lm_presets()[lm] if lm is not None else None for lm in lms]
+    report = CountReport(names, {name: lm is not None for name, lm in zip(names, lms)})
+    tallies = [report.tallies[name] for name in names]
+    memos: list[dict[tuple[int, int], tuple[int, int | None]]] = [{} for _ in names]
+    per_token = 2 * DTYPE_BYTES[dtype]
+    for item in _expand(sources, recursive, report.errors):
+        key = item if isinstance(item, str) else repr(item) if isinstance(item, tuple) else source_name(item)
+        try:
+            size = _size_of(item)
+            answers = []
+            for (_, rule, opts, _), memo, config in zip(prepared, memos, configs):
+                answer = memo.get(size)
+                if answer is None:
+                    counted = rule.count(size[0], size[1], opts)
+                    kv = None
+                    if config is not None:
+                        cross = int(counted.breakdown.get("cross_attention_states", 0))
+                        kv = int(per_token * config.kv_heads * config.head_dim * (
+                            int(counted.total_positions) * config.self_attention_layers
+                            + cross * config.cross_attention_layers))
+                    answer = (int(counted.image_tokens), kv)
+                    if len(memo) >= _MEMO:
+                        memo.clear()
+                    memo[size] = answer
+                answers.append(answer)
+            if keep is None or len(report.counts) < keep:
+                per = {name: count(size, model=name, **options) for name in names}
+                report.counts[key] = per
+                report.kv_bytes[key] = {name: cost(c, dtype=dtype).kv_cache_bytes if config is not None else None
+                                        for (name, c), config in zip(per.items(), configs)}
+        except ImageError as err:
+            report.errors[key] = err.reason
+        except ValueError as err:
+            report.errors[key] = str(err)
+        else:
+            for tally, (tokens, kv) in zip(tallies, answers):
+                tally.add(tokens, kv)
+        if on_file is not None:
+            on_file(key)
+    return report
 
 
 def count_files(
-    paths: Iterable[str | os.PathLike], models: Sequence[str], *, options: dict[str, Any] | None = None,
+    paths: Iterable[str | os.PathLike], models: Iterable[str], *, options: dict[str, Any] | None = None,
     dtype: str = "bfloat16", on_file: Callable[[str], None] | None = None,
 ) -> CountReport:
-    """Count every image under ``paths`` for every model from header-only size probes. Unreadable files are
-    recorded in ``errors`` and skipped, never counted as zero."""
-    from vistok.budget import count
-    from vistok.budget.cost import cost
-    from vistok.budget.models import resolve_model
-
-    entries = [resolve_model(m) for m in models]  # unknown names fail before any file is read
-    report = CountReport([e.name for e in entries])
-    has_lm = {e.name: e.lm is not None for e in entries}
-    for given in paths:
-        try:
-            files = find_images([given])
-        except ImageError as err:
-            report.errors[str(given)] = err.reason
-            continue
-        for path in files:
-            key = str(path)
-            try:
-                size = probe_size(path)
-                per = {e.name: count(size, model=e.name, **(options or {})) for e in entries}
-            except ImageError as err:
-                report.errors[key] = err.reason
-            except ValueError as err:
-                report.errors[key] = str(err)
-            else:
-                report.counts[key] = per
-                report.kv_bytes[key] = {
-                    name: cost(c, dtype=dtype).kv_cache_bytes if has_lm[name] else None for name, c in per.items()
-                }
-            if on_file is not None:
-                on_file(key)
-    return report
+    """Count every image under ``paths`` for every model, keeping every image's full count (for a few
+    thousand files; :func:`count_stream` keeps only totals)."""
+    return count_stream(paths, models, options=options, dtype=dtype, keep=None, on_file=on_file)
 
 
 def histogram(report: CountReport, width: int = 900, bar_height: int = 180) -> Any:
