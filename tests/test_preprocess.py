@@ -456,7 +456,7 @@ def test_config_normalises_lists_and_stays_hashable():
     assert cfg == Preprocess(size=(256, 320), crop=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3)
     assert hash(cfg) == hash(Preprocess(size=(256, 320), crop=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3))
     assert Preprocess(size=np.int64(224)).size == 224
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
         cfg.size = 1  # frozen
 
 
@@ -469,3 +469,36 @@ def test_defaults():
     assert cfg.resized_size(480, 640) == (224, 298)
     assert cfg.output_size(640, 480) == (224, 224)
     assert Preprocess(size=None, crop=None).output_size(33, 44) == (33, 44)
+
+
+# -- the working-size bound and the resample table ------------------------------------------------
+
+def test_working_size_bound_is_checked_from_the_header_before_decoding(tmp_path, monkeypatch):
+    cfg = Preprocess(size=256, crop=224)
+    assert cfg.working_pixels(20000, 1) == 5_120_000 * 256            # resized before the crop
+    assert cfg.working_pixels(640, 480) == 341 * 256                    # 640x480 -> 341x256
+    assert Preprocess(size=None, crop=None).working_pixels(5000, 4000) == 20_000_000
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (20000, 1)).save(strip)
+    opened: list[object] = []
+    real = pp.open_image
+    monkeypatch.setattr(pp, "open_image", lambda image, **kw: opened.append(image) or real(image, **kw))
+    with pytest.raises(ImageError, match=r"strip.png: a 20000x1 image \(aspect ratio 20,000:1\) would be resized to "
+                                         r"5120000x256 = 1,310,720,000 pixels, over this encoder's bound of "
+                                         r"16,777,216; crop it"):
+        preprocess([strip], cfg)
+    assert opened == []  # refused from the header: never decoded
+    with pytest.raises(ImageError, match="strip.png"):
+        pp.sized_inputs([sample_images()[0], strip], cfg)
+    # a bound can be raised or lifted; a bad one is refused
+    assert Preprocess(size=256, crop=224, max_pixels=None).working_pixels(20000, 1) > pp.MAX_WORKING_PIXELS
+    Preprocess(size=256, crop=224, max_pixels=2 * 10**9).check_size(20000, 1)
+    for bad in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match="max_pixels must be a positive int or None"):
+            Preprocess(max_pixels=bad)
+
+
+def test_resample_names_and_pillow_numbers():
+    assert [pp.resample_name(v) for v in (0, 1, 2, 3)] == ["nearest", "lanczos", "bilinear", "bicubic"]
+    assert pp.resample_name("BICUBIC") == "bicubic" and pp.resample_name(np.int64(2)) == "bilinear"
+    assert [pp.resample_name(v) for v in (4, 5, "box", None, True, 3.0)] == [None] * 6

@@ -13,6 +13,8 @@ What is checked without reading the tensors:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import struct
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["WEIGHT_SUFFIXES", "CorruptWeightsError", "check_weights_file", "check_weights_folder",
-           "read_state_dict", "unreadable"]
+           "read_state_dict", "unreadable", "file_sha256"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 """File endings of checkpoints (safetensors and PyTorch)."""
@@ -138,3 +140,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     if all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, hashed once per process for each (path, size, modification time, inode)."""
+    st = os.stat(path)
+    return _sha256(os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

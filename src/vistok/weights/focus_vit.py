@@ -27,16 +27,17 @@ hash differs (truncated, edited, from another conversion) is converted again.
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 import os
 import tempfile
 import threading
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vistok.weights.checkpoints import file_sha256 as _sha256
 
 __all__ = [
     "NAME", "DINOV2_CONFIG", "PREPROCESS", "CACHE_ENV", "cache_dir", "onnx_path", "convert",
@@ -73,7 +74,6 @@ _RENAME = {"attention.attention.query": "attention.q_proj", "attention.attention
 #: How many conversions this process has run (tests use it to prove the cache is reused).
 conversions = 0
 _lock = threading.Lock()
-_verified: dict[tuple[str, int, int, int], bool] = {}
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -102,12 +102,6 @@ def onnx_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- conversion -------------------------------------------------------------------------------------
@@ -188,12 +182,8 @@ def converted_path(*, verify: bool = True) -> Path:
 
 
 def _hash_ok(path: Path) -> bool:
-    """sha256 check, remembered per (path, size, mtime, inode) so one process hashes a file once."""
-    st = path.stat()
-    key = (os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _verified:
-        _verified[key] = _sha256(path) == CONVERTED_SHA256
-    return _verified[key]
+    """sha256 check (hashed once per process for each path, size, mtime and inode)."""
+    return _sha256(path) == CONVERTED_SHA256
 
 
 def load_state() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
