@@ -112,11 +112,11 @@ class Registry(Generic[T]):
 
     def find(self, name: str) -> T | None:
         """The entry for ``name`` or one of its aliases, else None (no error)."""
-        self.ensure_loaded()
+        if not self._loaded:
+            self.ensure_loaded()
         key = self._normalize(name)
-        with self._lock:
-            key = self._aliases.get(key, key)
-            return self._entries.get(key)
+        # no lock: writers replace or extend the dicts under the lock, and one dict read is atomic
+        return self._entries.get(self._aliases.get(key, key))
 
     def get(self, name: str) -> T:
         """The entry for ``name`` (or an alias); an unknown name raises ``KeyError`` listing close matches."""
