@@ -4,10 +4,11 @@
     .venv/bin/python scripts/refresh_doc_outputs.py docs/budget.md   # some pages
 
 Rewrites the output under each ``$ command`` of ```console blocks and the expected output of each ``>>>``
-example of ```python blocks. Blocks marked ``<!-- no-run: ... -->`` are left alone; blocks marked
-``<!-- no-compare -->`` are refreshed too (their output is real, only not compared by the tests). Output lines
-that hold ``...`` in the page are replaced as well, so put the wildcards back where a value changes from run to
-run (temporary paths, timings). Read the diff before committing: a changed output may be a bug.
+example of ```python blocks, where it no longer matches what runs now; outputs that still match (``...``
+wildcards included) are kept as they are. Blocks marked ``<!-- no-run: ... -->`` are left alone; blocks marked
+``<!-- no-compare -->`` are refreshed too (their output is real, only not compared by the tests). Where a new
+output holds a value that changes from run to run or machine to machine (a temporary path, a timing), replace it
+with ``...`` by hand. Read the diff before committing: a changed output may be a bug.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from doc_examples import ROOT, Block, PageRunner, commands, pages  # noqa: E402
+from doc_examples import ROOT, Block, PageRunner, commands, output_matches, pages  # noqa: E402
 
 
 def _console_text(block: Block, outputs: dict[int, str]) -> str:
@@ -54,7 +55,7 @@ def _doctest_text(block: Block, records) -> str:
         start = example.lineno
         out.extend(lines[cursor:start + source_lines])
         indent = " " * example.indent
-        got = record.got.rstrip("\n")
+        got = (example.want if record.ok else record.got).rstrip("\n")
         out.extend(indent + line if line else line for line in got.split("\n") if got)
         cursor = start + source_lines + want_lines
     out.extend(lines[cursor:])
@@ -73,9 +74,11 @@ def refresh(page: Path) -> bool:
     blocks_by_start: dict[int, Block] = {}
     for result in runner.results:
         blocks_by_start[result.block.start] = result.block
+        if result.command.shown and output_matches(result.command.shown, result.output):
+            continue  # still matches: keep the page's text, wildcards included
         outputs.setdefault(result.block.start, {})[result.command.first_line] = result.output
     for start, block in blocks_by_start.items():
-        replacements[start] = (block.end, _console_text(block, outputs[start]))
+        replacements[start] = (block.end, _console_text(block, outputs.get(start, {})))
     for block, records in runner.doctests:
         replacements[block.start] = (block.end, _doctest_text(block, records))
     for start in sorted(replacements, reverse=True):
