@@ -91,16 +91,4 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.5) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, highest score first (torchvision's ``nms`` semantics)."""
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    keep: list[int] = []
-    boxes = np.asarray(boxes, np.float64)
-    while len(order):
-        i = int(order[0])
-        keep.append(i)
-        if len(order) == 1:
-            break
-        overlaps = box_iou(boxes[i:i + 1], boxes[order[1:]])[0]
-        order = order[1:][overlaps <= iou]
-    return np.asarray(keep, np.int64)
+from vistok.regions.nms import nms  # noqa: E402  (re-exported: the detectors' NMS lives in vistok.regions.nms)

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vistok.regions.base import Region, nms, register_detector
+from vistok.regions.base import Region, register_detector
+from vistok.regions.nms import nms
 
 __all__ = ["FaceDetector", "create_faces", "METHODS"]
 

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vistok.regions.base import Region, nms, register_detector
+from vistok.regions.base import Region, register_detector
+from vistok.regions.nms import batched_nms
 
 __all__ = ["YoloDetector", "create_yolo", "letterbox", "decode"]
 
@@ -124,9 +125,7 @@ def decode(output: np.ndarray, layout: str, conf: float, iou: float, max_det: in
     cx, cy, w, h = (rows[keep, i].astype(np.float64) for i in range(4))
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     scores, labels = scores[keep].astype(np.float64), labels[keep]
-    kept = [np.flatnonzero(labels == c)[nms(boxes[labels == c], scores[labels == c], iou)] for c in np.unique(labels)]
-    idx = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-    idx = idx[np.argsort(-scores[idx], kind="stable")][:max_det]
+    idx = batched_nms(boxes, scores, labels, iou)[:max_det]  # best first, ties by index
     return boxes[idx], scores[idx], labels[idx]
 
 
