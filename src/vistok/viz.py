@@ -13,12 +13,16 @@ from PIL import Image, ImageDraw, ImageFont
 from vistok.images import ImageInput, open_image
 from vistok.tokens import Tokens
 
-__all__ = ["token_colors", "draw_grid", "draw_groups", "paint_tokens", "heatmap", "show", "panel_strip",
-           "working_image", "HEAT_EXTRAS"]
+__all__ = ["token_colors", "draw_grid", "draw_groups", "paint_tokens", "heatmap", "with_colorbar", "ramp_color",
+           "show", "panel_strip", "working_image", "draw_regions", "count_histogram", "nice_ticks", "HEAT_EXTRAS",
+           "HEAT_SCALES"]
 
 _GOLDEN = 0.618033988749895
 #: Per-token scalar extras that ``show`` draws as heat maps, with their captions.
 HEAT_EXTRAS = {"saliency": "saliency", "cls_attention": "attention from CLS"}
+#: The value range each heat map is drawn on: saliency is a probability (0..1, the same colours in every image);
+#: attention from CLS sums to 1 over the tokens, so it is drawn from 0 to its largest value (``None``).
+HEAT_SCALES: dict[str, tuple[float, float | None]] = {"saliency": (0.0, 1.0), "cls_attention": (0.0, None)}
 # a dark-to-bright ramp (black, indigo, red, orange, pale yellow) for heat maps: brighter = larger
 _RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float64)
 
@@ -143,9 +147,30 @@ def paint_tokens(tokens: Tokens, size: tuple[int, int]) -> Image.Image:
     return canvas
 
 
-def heatmap(image: Image.Image, tokens: Tokens, values: np.ndarray | str, alpha: float = 0.6) -> Image.Image:
+def ramp_color(values: np.ndarray | float) -> np.ndarray:
+    """The heat-map colour (float RGB, 0..255) of values in [0, 1]: dark = 0, bright = 1 (clipped)."""
+    position = np.clip(np.asarray(values, np.float64), 0, 1) * (len(_RAMP) - 1)
+    low = np.minimum(position.astype(int), len(_RAMP) - 2)
+    return _RAMP[low] + (_RAMP[low + 1] - _RAMP[low]) * (position - low)[..., None]
+
+
+def _scale(values: np.ndarray, vmin: float, vmax: float | None) -> tuple[float, float]:
+    """The value range to draw: ``vmax=None`` is the largest value (at least a hair above ``vmin``)."""
+    top = float(values.max()) if vmax is None and len(values) else (1.0 if vmax is None else float(vmax))
+    if not np.isfinite(top) or top <= vmin:
+        top = vmin + (abs(vmin) or 1.0) * 1e-6 if vmax is None else top
+    if top <= vmin:
+        raise ValueError(f"heat map range: vmax ({vmax}) must be above vmin ({vmin})")
+    return float(vmin), top
+
+
+def heatmap(image: Image.Image, tokens: Tokens, values: np.ndarray | str, alpha: float = 0.6, *,
+            vmin: float = 0.0, vmax: float | None = 1.0) -> Image.Image:
     """The image with one number per token (an extra's name, e.g. ``"saliency"``, or an ``(N,)`` array) drawn
-    over it as a heat map: min-max scaled, bright = high, smoothed across cells, blended with ``alpha``."""
+    over it as a heat map on a fixed scale: ``vmin`` is dark, ``vmax`` bright (``None``: the largest value),
+    values outside clipped; smoothed across cells, blended with ``alpha``. A fixed scale keeps a flat saliency
+    of 0.35 looking like 0.35 (:func:`with_colorbar` adds the scale beside it). The range used is stored in
+    ``result.info["heat_range"]``."""
     name = values if isinstance(values, str) else "values"
     if isinstance(values, str):
         if values not in tokens.extras:
@@ -154,9 +179,11 @@ def heatmap(image: Image.Image, tokens: Tokens, values: np.ndarray | str, alpha:
     values = np.asarray(values, np.float64).reshape(-1)
     if len(values) != len(tokens):
         raise ValueError(f"{name} has {len(values)} numbers for {len(tokens)} tokens; give one per token")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} holds NaN or infinite numbers; a heat map needs finite values")
+    low, high = _scale(values, vmin, vmax)
     base = image.convert("RGB")
-    span = values.max() - values.min() if len(values) else 0.0
-    scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
+    scaled = np.clip((values - low) / (high - low), 0, 1)
     heat = np.zeros((base.height, base.width), np.float32)
     if _reduced(tokens):
         index = _token_at(tokens, base.size)
@@ -168,11 +195,67 @@ def heatmap(image: Image.Image, tokens: Tokens, values: np.ndarray | str, alpha:
     else:  # boxes: paint them in order (a whole-image CLS box first, then the cells over it)
         for (bx0, by0, bx1, by1), v in zip(_cell_boxes(tokens, base.size), scaled):
             heat[round(by0):round(by1), round(bx0):round(bx1)] = v
-    position = np.clip(heat, 0, 1) * (len(_RAMP) - 1)
-    low = np.minimum(position.astype(int), len(_RAMP) - 2)
-    colour = _RAMP[low] + (_RAMP[low + 1] - _RAMP[low]) * (position - low)[..., None]
-    blended = (1 - alpha) * np.asarray(base, np.float64) + alpha * colour
-    return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8), "RGB")
+    blended = (1 - alpha) * np.asarray(base, np.float64) + alpha * ramp_color(heat)
+    out = Image.fromarray(blended.round().clip(0, 255).astype(np.uint8), "RGB")
+    out.info["heat_range"] = (low, high)
+    return out
+
+
+def with_colorbar(picture: Image.Image, vmin: float = 0.0, vmax: float = 1.0, label: str = "") -> Image.Image:
+    """``picture`` with a vertical colour bar on its right: the heat-map ramp from ``vmin`` (bottom) to ``vmax``
+    (top), with tick labels sized to the picture. ``result.info["colorbar"]`` holds the bar's pixel box and
+    range, so a value's colour can be looked up: ``y = bottom - (v - vmin) / (vmax - vmin) * (bottom - top)``."""
+    height = picture.height
+    font_px = max(10, round(height / 22))
+    font = _font(font_px)
+    bar_w = max(8, round(height / 24))
+    pad = max(4, font_px // 2)
+    ticks = nice_ticks(vmin, vmax, 5)
+    labels = [_tick_label(t, ticks) for t in ticks]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(probe.textbbox((0, 0), t, font=font)[2] for t in labels)
+    top, bottom = pad + font_px // 2, height - pad - font_px // 2
+    width = picture.width + pad + bar_w + pad // 2 + text_w + pad
+    out = Image.new("RGB", (width, height), (255, 255, 255))
+    out.paste(picture.convert("RGB"), (0, 0))
+    x0 = picture.width + pad
+    fractions = np.linspace(1, 0, max(1, bottom - top + 1))  # top row = vmax
+    column = ramp_color(fractions).round().clip(0, 255).astype(np.uint8)
+    out.paste(Image.fromarray(np.repeat(column[:, None, :], bar_w, axis=1), "RGB"), (x0, top))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle([x0 - 1, top - 1, x0 + bar_w, bottom + 1], outline=(40, 40, 40))
+    for tick, text in zip(ticks, labels):
+        y = bottom - (tick - vmin) / (vmax - vmin) * (bottom - top)
+        draw.line([x0 + bar_w, y, x0 + bar_w + pad // 2, y], fill=(40, 40, 40))
+        draw.text((x0 + bar_w + pad // 2 + 2, y), text, fill=(20, 20, 20), font=font, anchor="lm")
+    if label:
+        draw.text((x0, 1), label, fill=(20, 20, 20), font=_font(max(9, font_px - 2)))
+    out.info["colorbar"] = {"box": (x0, top, x0 + bar_w - 1, bottom), "range": (vmin, vmax)}
+    return out
+
+
+def nice_ticks(low: float, high: float, count: int = 6, *, integer: bool = False) -> list[float]:
+    """About ``count`` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten; whole steps when
+    ``integer``) within ``[low, high]``."""
+    if not high > low:
+        return [float(low)]
+    power = 10.0 ** np.floor(np.log10((high - low) / max(1, count - 1)))
+    steps = [m * power * scale for scale in (0.1, 1, 10) for m in (1, 2, 2.5, 5)]
+    steps = [st for st in steps if not integer or (st >= 1 and float(st).is_integer())] or [1.0]
+    step = min(steps, key=lambda st: (abs((high - low) / st + 1 - count), -st))
+    first = np.ceil(low / step - 1e-9) * step
+    ticks = [float(first + i * step) for i in range(int(np.floor((high - first) / step + 1e-9)) + 1)]
+    return [round(t, 12) + 0.0 for t in ticks] or [float(low)]
+
+
+def _tick_label(value: float, ticks: Sequence[float]) -> str:
+    """A tick's text: whole numbers with thousands separators, else as many decimals as the step needs."""
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
+    if float(value).is_integer() and float(step).is_integer():
+        return f"{int(value):,}"
+    exponent = int(np.floor(np.log10(step)))
+    decimals = max(0, -exponent) + (1 if round(step / 10.0**exponent, 6) == 2.5 else 0)
+    return f"{value:.{decimals}f}"
 
 
 def panel_strip(panels: Sequence[Image.Image], titles: Sequence[str], height: int = 320,
@@ -191,6 +274,91 @@ def panel_strip(panels: Sequence[Image.Image], titles: Sequence[str], height: in
         draw.text((x, height + gap + 4), title, fill=(20, 20, 20), font=font)
         x += panel.width + gap
     return strip
+
+
+def count_histogram(distributions: dict[str, dict[int, int]], marks: dict[str, dict[str, float]] | None = None,
+                    width: int = 900, panel_height: int = 170) -> Image.Image:
+    """Histograms of image tokens, one panel per model, stacked, on one shared scale: the same token axis
+    (ticks and bins) and the same image-count axis in every panel, so models compare at a glance.
+
+    ``distributions``: model -> {image tokens: number of images}; ``marks``: model -> {"p50": value, ...}
+    drawn as labelled vertical lines. ``result.info["layout"]`` holds each panel's plot box and its tick
+    positions and labels."""
+    marks = marks or {}
+    font, small = _font(15), _font(12)
+    left, right, title_h, ticks_h, gap = 74, 24, 26, 20, 14
+    plot_w = width - left - right
+    values = [v for dist in distributions.values() for v, n in dist.items() if n]
+    lo, hi = (min(values), max(values)) if values else (0, 1)
+    if hi - lo < 20:  # a narrow spread still gets a readable axis around it
+        lo, hi = max(0, lo - 10), hi + 10
+    wanted = (hi + 1 - lo) / 40  # about 40 bins of a round width, starting at a multiple of it
+    bin_w = next(int(m * 10**e) for e in range(12) for m in (1, 2, 5) if m * 10**e >= wanted)
+    lo = lo // bin_w * bin_w
+    bins = -(-(hi + 1 - lo) // bin_w)
+    x_end = lo + bins * bin_w  # bins cover [lo, x_end): bin k holds lo + k*bin_w .. lo + (k+1)*bin_w - 1
+    counts = {}
+    for model, dist in distributions.items():
+        hist = np.zeros(bins, np.int64)
+        for value, n in dist.items():
+            hist[(value - lo) // bin_w] += n
+        counts[model] = hist
+    y_max = max([int(h.max()) for h in counts.values()] + [1])
+    y_ticks = nice_ticks(0, y_max, 4, integer=True)
+    y_top = max(y_max, y_ticks[-1])
+    x_ticks = nice_ticks(lo, x_end, 7, integer=True)
+    panel_h = title_h + panel_height + ticks_h + gap
+    height = panel_h * max(1, len(distributions)) + 30
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    layout: dict[str, Any] = {"x_range": (lo, x_end), "y_max": y_top, "panels": []}
+
+    def x_of(value: float) -> float:
+        return left + (value - lo) / (x_end - lo) * plot_w
+
+    for i, (model, hist) in enumerate(counts.items()):
+        top = i * panel_h + title_h
+        bottom = top + panel_height
+        total = int(hist.sum())
+        text = f"{model}: {total:,} image{'s' if total != 1 else ''}"
+        draw.text((left, top - title_h + 4), text, fill="black", font=font)
+        for tick in y_ticks:  # grid lines and the count axis
+            y = bottom - tick / y_top * panel_height
+            draw.line([left, y, left + plot_w, y], fill=(225, 225, 225))
+            draw.line([left - 5, y, left, y], fill=(40, 40, 40))
+            draw.text((left - 8, y), _tick_label(tick, y_ticks), fill=(40, 40, 40), font=small, anchor="rm")
+        for b, n in enumerate(hist):
+            if n:
+                x0, x1 = x_of(lo + b * bin_w), x_of(lo + (b + 1) * bin_w)
+                draw.rectangle([x0 + 1, bottom - n / y_top * panel_height, max(x0 + 1, x1 - 1), bottom],
+                               fill=(70, 110, 190))
+        for (name, value), colour in zip(sorted(marks.get(model, {}).items()), ((200, 60, 40), (230, 140, 20))):
+            x = x_of(value + 0.5)  # the middle of the value's pixel span
+            draw.line([x, top, x, bottom], fill=colour, width=2)
+            label = f"{name} {value:,.0f}"
+            box = draw.textbbox((0, 0), label, font=small)
+            tx = x + 4 if x + 4 + box[2] < left + plot_w else x - 4 - box[2]
+            ty = top + 2 + 16 * (name != "p50")
+            draw.text((tx, ty), label, fill=colour, font=small, stroke_width=2, stroke_fill="white")
+        draw.line([left, top, left, bottom], fill=(40, 40, 40))  # axes
+        draw.line([left, bottom, left + plot_w, bottom], fill=(40, 40, 40))
+        ticks = []
+        for tick in x_ticks:
+            x = x_of(tick)
+            draw.line([x, bottom, x, bottom + 5], fill=(40, 40, 40))
+            draw.text((x, bottom + 6), _tick_label(tick, x_ticks), fill=(40, 40, 40), font=small, anchor="mt")
+            ticks.append((tick, x, _tick_label(tick, x_ticks)))
+        layout["panels"].append({"model": model, "plot": (left, top, left + plot_w, bottom), "x_ticks": ticks,
+                                 "y_ticks": [(t, bottom - t / y_top * panel_height, _tick_label(t, y_ticks))
+                                             for t in y_ticks]})
+    draw.text((left + plot_w / 2, height - 8), "image tokens per image (bins of "
+              f"{bin_w:,} token{'s' if bin_w > 1 else ''}; same scale in every panel)", fill="black", font=small,
+              anchor="mb")
+    axis = Image.new("RGB", (140, 16), "white")
+    ImageDraw.Draw(axis).text((70, 8), "images", fill="black", font=small, anchor="mm")
+    canvas.paste(axis.rotate(90, expand=True), (4, title_h + panel_height // 2 - 70))
+    canvas.info["layout"] = layout
+    return canvas
 
 
 def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height: int = 320) -> Image.Image:
@@ -222,7 +390,9 @@ def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height
         extra = tokens.extras.get(key)
         if extra is not None and extra.ndim == 1 and len(extra) == len(tokens):
             layer = tokens.meta.get("layer")
-            panels.append(heatmap(original, tokens, key))
+            low, high = HEAT_SCALES.get(key, (0.0, None))
+            heat = heatmap(original, tokens, key, vmin=low, vmax=high)
+            panels.append(with_colorbar(heat, *heat.info["heat_range"]))
             titles.append(f"{caption} (block {layer})" if key == "cls_attention" and layer is not None else caption)
     if tokenizer.decodable and not steps:
         recon = tokenizer.decode(tokens)
@@ -233,7 +403,10 @@ def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height
 
 
 def draw_regions(image: Image.Image, tokens: Tokens) -> Image.Image:
-    """Region tokens over the image: masks tinted, boxes outlined, "label score" written at each box."""
+    """Region tokens over the image: masks tinted, boxes outlined, "label score" written at each box on a filled
+    box in the region's colour, in black or white (whichever contrasts more), in a font sized to the image
+    (about 1/24 of its shorter side, so it stays readable when the picture is shown small). The label boxes
+    are stored in ``result.info["labels"]``."""
     out = np.asarray(image.convert("RGB"), np.float64).copy()
     palette = token_colors(Tokens(np.arange(len(tokens), dtype=np.int64), meta={"vocab_size": max(len(tokens), 1)}))
     masks = tokens.extras.get("masks")
@@ -242,19 +415,29 @@ def draw_regions(image: Image.Image, tokens: Tokens) -> Image.Image:
             out[mask] = 0.55 * out[mask] + 0.45 * rgb
     picture = Image.fromarray(out.round().clip(0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(picture)
-    font = _font(max(12, picture.width // 60))
+    font_px = max(11, round(min(picture.size) / 24))
+    font = _font(font_px)
+    pad = max(2, font_px // 5)
+    line = max(2, round(min(picture.size) / 250))
     names = tokens.meta.get("labels") or []
     scores = tokens.extras.get("scores")
+    placed = []
     for i, ((x0, y0, x1, y1), rgb) in enumerate(zip(tokens.boxes if tokens.boxes is not None else [], palette)):
         colour = tuple(int(v) for v in rgb)
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(2, picture.width // 300))
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
         label = int(tokens.values[i])
         text = names[label] if 0 <= label < len(names) else f"class {label}"
         if scores is not None:
             text += f" {float(scores[i]):.2f}"
-        box = draw.textbbox((x0 + 2, y0 + 2), text, font=font)
-        draw.rectangle(box, fill=colour)
-        draw.text((x0 + 2, y0 + 2), text, fill=(0, 0, 0) if sum(colour) > 380 else (255, 255, 255), font=font)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        w, h = right - left + 2 * pad, bottom - top + 2 * pad
+        bx = min(max(0, x0), max(0, picture.width - w))
+        by = y0 - h if y0 - h >= 0 else min(max(0, y0), max(0, picture.height - h))  # above the box when it fits
+        draw.rectangle([bx, by, bx + w - 1, by + h - 1], fill=colour)
+        ink = (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 140 else (255, 255, 255)
+        draw.text((bx + pad - left, by + pad - top), text, fill=ink, font=font)
+        placed.append((int(bx), int(by), int(bx + w - 1), int(by + h - 1)))
+    picture.info["labels"] = placed
     return picture
 
 

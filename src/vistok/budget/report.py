@@ -237,42 +237,12 @@ def count_files(
     return count_stream(paths, models, options=options, dtype=dtype, keep=None, on_file=on_file)
 
 
-def histogram(report: CountReport, width: int = 900, bar_height: int = 180) -> Any:
-    """A PNG-ready PIL image: one histogram of image tokens per model, stacked, with p50/p95 marked."""
-    from PIL import Image, ImageDraw
+def histogram(report: CountReport, width: int = 900, bar_height: int = 170) -> Any:
+    """A PNG-ready PIL image: one histogram of image tokens per model, stacked on one shared scale (token
+    axis and image-count axis), with axes, tick labels and p50/p95 marked (:func:`vistok.viz.count_histogram`)."""
+    from vistok.viz import count_histogram
 
-    from vistok.viz import _font
-
-    font, small = _font(16), _font(12)
-    pad, label_h = 50, 44
-    panel_h = bar_height + label_h + 20
-    canvas = Image.new("RGB", (width, panel_h * len(report.models) + 10), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, model in enumerate(report.models):
-        tokens = report.tokens(model)
-        top = i * panel_h + 20
-        draw.text((pad, top - 16), f"{model}: {len(tokens)} images", fill="black", font=font)
-        if not len(tokens):
-            continue
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if hi - lo < 20:  # a narrow spread still gets an axis around it
-            lo, hi = max(0, lo - 10), hi + 10
-        bins = max(1, min(40, hi - lo + 1))
-        hist, edges = np.histogram(tokens, bins=bins, range=(lo, hi + 1))
-        plot_w = width - 2 * pad
-        bar_w = plot_w / bins
-        for b, n in enumerate(hist):
-            h = 0 if hist.max() == 0 else bar_height * n / hist.max()
-            x0 = pad + b * bar_w
-            draw.rectangle([x0 + 1, top + 8 + bar_height - h, x0 + bar_w - 1, top + 8 + bar_height],
-                           fill=(70, 110, 190))
-        for q, colour in ((50, (200, 60, 40)), (95, (230, 150, 30))):
-            value = float(np.percentile(tokens, q))
-            x = pad + (value - lo + 0.5) / max(hi + 1 - lo, 1) * plot_w  # centre of the value's bin
-            draw.line([x, top + 8, x, top + 8 + bar_height], fill=colour, width=2)
-            draw.text((x + 3, top + 8 + 14 * (q == 95)), f"p{q} {value:.0f}", fill=colour, font=small)
-        axis_y = top + 8 + bar_height + 4
-        draw.text((pad, axis_y), f"{lo}", fill="black", font=small)
-        draw.text((width - pad - 40, axis_y), f"{hi}", fill="black", font=small)
-        draw.text((width // 2 - 40, axis_y), "image tokens", fill="black", font=small)
-    return canvas
+    return count_histogram({m: dict(report.distribution(m)) for m in report.models},
+                           {m: {"p50": report.tallies[m].percentile(50), "p95": report.tallies[m].percentile(95)}
+                            for m in report.models if report.tallies[m].images},
+                           width=width, panel_height=bar_height)
