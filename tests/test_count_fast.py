@@ -318,3 +318,28 @@ def test_stream_refuses_unknown_models_and_bad_options_before_reading():
         count_stream(never(), ["llava-1.5-7b"], options={"max_tiles": 3})
     with pytest.raises(ValueError, match="dtype"):
         count_stream(never(), ["llava-1.5-7b"], dtype="float13")
+
+
+def test_cli_count_streams_the_folder(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    import vistok.images
+    from vistok.budget import count
+    from vistok.cli import app
+
+    jpeg = _encode(Image.new("RGB", (640, 480)), "JPEG")
+    for i in range(60):
+        (tmp_path / f"{i:02d}.jpg").write_bytes(jpeg)
+
+    def listing(*args, **kwargs):
+        raise AssertionError("the count command must not list the folder into memory")
+
+    monkeypatch.setattr(vistok.images, "find_images", listing)
+    result = CliRunner().invoke(app, ["count", str(tmp_path), "-m", "qwen2-vl-7b", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["images"] is None  # over 50 images: the summary only
+    assert data["summary"][0]["images"] == 60
+    assert data["summary"][0]["total_tokens"] == 60 * count((640, 480), model="qwen2-vl-7b").image_tokens

@@ -103,25 +103,33 @@ def count_command(
 
     Counts follow each model's own preprocessing (see `vistok models`). For several images a summary gives p50/p95/max tokens and the total KV cache. Unreadable files are reported and skipped (exit code 1).
     """
-    from vistok.budget.report import count_files, histogram
-    from vistok.images import find_images
+    from vistok.budget.report import count_stream, histogram, iter_image_files
 
     names = resolve_models(model)
     hist_target = check_out(hist, images, option="--hist")
     options = model_options(names, config)
-    total = sum(len(find_images([p])) if p.is_dir() else 1 for p in images)
+    # folders are walked twice (a count for the progress bar, then the counting), never held in memory
+    total = sum(sum(1 for _ in iter_image_files(p)) if p.is_dir() else 1 for p in images)
+    done = 0
     with progress_bar(total) as progress:
         task = progress.add_task("counting", total=total)
+
+        def advance(_: str) -> None:
+            nonlocal done
+            done += 1
+            if done % 256 == 0 or done == total:
+                progress.update(task, completed=done)
+
         try:
-            report = count_files(images, names, options=options, dtype=dtype,
-                                 on_file=lambda _: progress.advance(task))
+            report = count_stream(images, names, options=options, dtype=dtype, on_file=advance,
+                                  keep=51 if per_image is None else None if per_image else 0)
         except (TypeError, ValueError) as exc:
             error(f"{exc}")
             raise typer.Exit(2) from None
-    if not report.counts and not report.errors:
+    if not report.images and not report.errors:
         no_images(images)
     if per_image is None:
-        per_image = len(report.counts) <= 50
+        per_image = report.images <= 50
     if as_json:
         rows = [{"image": key, "size": counted.image_size, "model": name, "image_tokens": counted.image_tokens,
                  "positions": counted.total_positions, "breakdown": counted.breakdown,
@@ -140,8 +148,8 @@ def count_command(
                               f"{counted.total_positions:,}", shape_of(counted.breakdown),
                               human_bytes(report.kv_bytes[key][name]))
         out.print(table)
-    if (len(report.counts) > 1 or not per_image) and not as_json:
-        table = Table(title=f"summary over {len(report.counts)} image(s)")
+    if (report.images > 1 or not per_image) and not as_json:
+        table = Table(title=f"summary over {report.images:,} image(s)")
         for column in ("model", "images", "p50", "p95", "max", "mean", "total tokens", f"total KV ({dtype})"):
             table.add_column(column, justify="left" if column == "model" else "right")
         for row in report.summary():
@@ -149,7 +157,7 @@ def count_command(
                           f"{row['max']:,}", f"{row['mean']:,.1f}", f"{row['total_tokens']:,}",
                           human_bytes(row["total_kv_bytes"]))
         out.print(table)
-    if hist is not None and report.counts:
+    if hist is not None and report.images:
         picture = histogram(report)
         write_out(hist_target, lambda tmp: picture.save(tmp, format="PNG"), inputs=images)
         (err if as_json else out).print(f"wrote histogram to {hist}", highlight=False)
