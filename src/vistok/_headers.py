@@ -40,6 +40,7 @@ _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # the pattern 
 _XMP_NS = b"http://ns.adobe.com/xap/1.0/\x00"
 _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _LENGTH_SEGMENTS = frozenset({*range(0xE0, 0xF0), 0xDB, 0xC4, 0xDD, 0xFE, 0xCC})  # APPn, DQT, DHT, DRI, COM, DAC
+_MAX_CHUNK = 16 * 1024 * 1024  # larger PNG chunks before the image data are left to Pillow
 _PNG_MODES = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 _PNG_ORIENTATION_TEXT = (b"Raw profile type exif\x00", b"XML:com.adobe.xmp\x00")
 _U16BE = struct.Struct(">H").unpack_from
@@ -221,6 +222,8 @@ def _png(head: bytes, get: Getter) -> tuple[int, int] | None:
             elif any(get(pos + 8, len(key)) == key for key in _PNG_ORIENTATION_TEXT):
                 return None
         if not seen_data:
+            if not kind.isalpha() or length > _MAX_CHUNK:
+                return None  # Pillow refuses a broken chunk name; a huge chunk is left to it too
             body = get(pos + 4, length + 8)  # type, data, CRC
             if len(body) != length + 8 or zlib.crc32(body[:-4]) != _U32BE(body, length + 4)[0]:
                 return None
