@@ -163,7 +163,7 @@ def test_broken_pngs_fall_back_to_pillow(tmp_path):
     with pytest.raises(ImageError, match="bad.png"):
         probe_size(path)
     chunks = _png_chunks(png)
-    odd_name = _png_from([chunks[0], (b"a1b2", b"xyz"), *chunks[1:]])  # a valid CRC, a name Pillow refuses
+    odd_name = _png_from([chunks[0], (b"ab!d", b"xyz"), *chunks[1:]])  # a valid CRC, a name Pillow refuses
     assert header_size(odd_name) is None
     with pytest.raises(ImageError):
         probe_size(odd_name)
