@@ -119,13 +119,12 @@ def environment() -> dict[str, str]:
 
 
 def run_command(command: str, cwd: Path) -> tuple[int, str]:
-    """Run a shell command as a reader would; its exit code and output (stdout, then stderr)."""
+    """Run a shell command as a reader would; its exit code and output (stdout and stderr interleaved)."""
     proc = subprocess.run(
-        ["bash", "-c", command], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
+        ["bash", "-c", command], cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL,
     )
-    out = proc.stdout + proc.stderr
-    return proc.returncode, out.rstrip("\n")
+    return proc.returncode, proc.stdout.rstrip("\n")
 
 
 def _norm(line: str) -> str:
