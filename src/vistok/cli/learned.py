@@ -67,7 +67,7 @@ def train_command(
 
     Example: vistok train fashion-mnist -t fsq --levels 8,5,5,5 --factor 4 --out fsq-fmnist
 
-    Writes OUT/model.safetensors (load it with vistok.load("OUT") or -t OUT), OUT/checkpoint.pt and
+    Writes OUT/model.safetensors (load it with vistok.load("OUT") or -t OUT), OUT/checkpoint.safetensors and
     OUT/metrics.jsonl. Ctrl-C or a kill loses at most --checkpoint-every steps: rerun with --resume.
     """
     import shlex
@@ -179,9 +179,10 @@ def eval_recon(
     warn_skipped(dict(skipped))
 
 
-def fit_weights(kind: str, images: list[Path], fit: Callable[[list[Any]], Any], out_file: Path,
-                follow_symlinks: bool = False) -> None:
-    """Read the images under ``images``, fit ``kind`` on them and save its weights to ``out_file``."""
+def fit_weights(kind: str, images: list[Path], fit: Callable[[list[Any], Callable[[int, int], None]], Any],
+                out_file: Path, follow_symlinks: bool = False) -> None:
+    """Read the images under ``images``, fit ``kind`` on them and save its weights to ``out_file``. ``fit(images,
+    on_step)`` may report its progress with ``on_step(done, total)``."""
     from vistok.images import ImageError, open_image
     from vistok.outputs import OutputError
 
@@ -199,9 +200,11 @@ def fit_weights(kind: str, images: list[Path], fit: Callable[[list[Any]], Any], 
         error("no readable images to fit on")
         report_failures(bad)
         raise typer.Exit(1)
-    with err.status(f"fitting {kind} on {len(good)} image(s)"):
+    with progress_bar(2) as progress:  # shown even for one image: the fit itself takes the time
+        task = progress.add_task(f"fitting {kind} on {len(good)} image(s)", total=None)
         try:
-            fitted = fit([image for _, image in good])
+            fitted = fit([image for _, image in good],
+                         lambda done, total: progress.update(task, completed=done, total=total))
         except ValueError as exc:
             error(f"{exc}")
             raise typer.Exit(2) from None
@@ -223,14 +226,15 @@ def fit_codebook(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Codebook file to write.")] = Path("codebook.safetensors"),
     follow_symlinks: FollowOpt = False,
 ) -> None:
-    """Learn a visual-word codebook for `grid` by k-means over cell pixels.
+    """Learn a visual-word codebook for `grid` by mini-batch k-means over cell pixels (stops once the words settle).
 
     Use it with: vistok tokenize IMAGES -t grid -c codebook=codebook.safetensors -c cell=CELLS
     """
     from vistok.tokenizers.grid import GridTokenizer
 
-    fit_weights("grid codebook", images, lambda ims: GridTokenizer.fit(
-        ims, cell=cells, vocab=vocab, max_side=max_side or None, seed=seed), out_file, follow_symlinks)
+    fit_weights("grid codebook", images, lambda ims, on_step: GridTokenizer.fit(
+        ims, cell=cells, vocab=vocab, max_side=max_side or None, seed=seed, on_step=on_step), out_file,
+        follow_symlinks)
 
 
 def fit_patch(
@@ -246,5 +250,5 @@ def fit_patch(
     """
     from vistok.tokenizers.patch import PatchTokenizer
 
-    fit_weights("patch PCA", images, lambda ims: PatchTokenizer.fit(ims, patch=patch, max_side=max_side or None),
+    fit_weights("patch PCA", images, lambda ims, _: PatchTokenizer.fit(ims, patch=patch, max_side=max_side or None),
                 out_file, follow_symlinks)

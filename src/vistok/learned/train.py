@@ -3,11 +3,14 @@
 Reproducibility: the batch of step ``s`` and every random draw inside it (k-means init, dead-code
 replacement, the VAE's posterior sample) come from generators seeded with ``(seed, s)``, and the learning
 rate is a pure function of ``s``. A checkpoint therefore needs only the weights, the optimizer state and the
-step, and ``resume`` after a kill gives the same weights and log as an uninterrupted run.
+step (no random-generator state), and ``resume`` after a kill gives the same weights and log as an
+uninterrupted run.
 
 Files in the output folder: ``model.safetensors`` (the tokenizer, loadable with ``vistok.load(folder)``),
-``checkpoint.pt`` (resume state), ``metrics.jsonl`` (one JSON object per logged step) and ``skipped.txt``
-(inputs that could not be read).
+``checkpoint.safetensors`` (resume state: model and Adam tensors, with the step, settings and Adam's
+hyper-parameters as JSON in its header; no pickle, so a planted file cannot run code), ``metrics.jsonl`` (one
+JSON object per logged step) and ``skipped.txt`` (inputs that could not be read). Runs of vistok 0.1 kept
+their resume state in a pickle, ``checkpoint.pt``; it is never loaded.
 """
 
 from __future__ import annotations
@@ -28,16 +31,24 @@ from vistok.learned.data import TrainingData
 from vistok.learned.model import Autoencoder, AutoencoderConfig
 from vistok.weights import read_weights, write_weights
 
-__all__ = ["TrainConfig", "CodebookCollapseWarning", "train", "save_model", "load_model", "usage_stats",
-           "MODEL_FILE", "CHECKPOINT_FILE", "METRICS_FILE", "WEIGHTS_KIND", "FORMAT"]
+__all__ = ["TrainConfig", "CodebookCollapseWarning", "CheckpointError", "train", "save_model", "load_model",
+           "usage_stats", "save_checkpoint", "load_checkpoint", "MODEL_FILE", "CHECKPOINT_FILE", "METRICS_FILE",
+           "WEIGHTS_KIND", "FORMAT"]
 
-MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE = "model.safetensors", "checkpoint.pt", "metrics.jsonl"
+MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE = "model.safetensors", "checkpoint.safetensors", "metrics.jsonl"
+PICKLE_CHECKPOINT = "checkpoint.pt"  # vistok 0.1's resume state; never unpickled
 WEIGHTS_KIND = "learned-tokenizer"
 FORMAT = 1
+_CHECKPOINT_KEY = "vistok_checkpoint"
+_CANNOT_RESUME = "this run cannot resume: start anew with another --out, or delete the folder {folder} and train again"
 
 
 class CodebookCollapseWarning(UserWarning):
     """Too few codes are in use: the tokenizer wastes its vocabulary."""
+
+
+class CheckpointError(ValueError):
+    """A training run's resume state cannot be used (damaged, foreign or from an older vistok)."""
 
 
 @dataclass
@@ -160,25 +171,24 @@ def train(
     ckpt_path, metrics_path = out / CHECKPOINT_FILE, out / METRICS_FILE
     if model_config.channels != data.channels:
         raise ValueError(f"the data has {data.channels} channel(s) but the model expects {model_config.channels}")
+    if config.batch_size > len(data.train):  # batches are drawn with replacement: more would only repeat images
+        raise ValueError(f"batch_size {config.batch_size} is more than the {len(data.train)} training images of "
+                         f"{data.name}; use at most {len(data.train)}")
     settings = {"model": model_config.to_dict(), "train": asdict(config), "data": data.name}
     torch.manual_seed(config.seed)
     model = Autoencoder(model_config).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     start = 0
-    if ckpt_path.exists() and not resume:
+    pickled = out / PICKLE_CHECKPOINT
+    if (ckpt_path.exists() or pickled.exists()) and not resume:
         raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it, or choose "
                               "another --out")
+    if resume and not ckpt_path.exists() and pickled.exists():
+        raise CheckpointError(f"{pickled} is a pickle checkpoint (vistok 0.1), which vistok does not load: a pickle "
+                              f"can run code; {_CANNOT_RESUME.format(folder=out)}")
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state.get("format") != FORMAT or state.get("settings") != settings:
-            saved = state.get("settings", {})
-            diff = sorted(k for part in ("model", "train") for k in settings[part]
-                          if saved.get(part, {}).get(k) != settings[part][k])
-            raise ValueError(f"{ckpt_path} was written with different settings ({', '.join(diff) or 'format/data'}); "
-                             "resume with the same options, or start a new run in another --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
+        settings = json.loads(json.dumps(settings))  # as the checkpoint's JSON holds them
+        start = load_checkpoint(ckpt_path, model, optimizer, settings)
         _truncate_log(metrics_path, start)
     elif metrics_path.exists():
         metrics_path.unlink()
@@ -243,18 +253,95 @@ def _log(window: dict[str, Any], step: int, config: TrainConfig, sizes: list[int
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+    """Keep the metrics lines up to ``step`` (the checkpoint's). A last line cut short by a kill is dropped;
+    any other line that is not a JSON record with a step is an error naming the file and line."""
+    if not path.exists():
+        return
+    text = path.read_text()
+    lines = text.splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record_step = json.loads(line)["step"]
+            if not isinstance(record_step, int):
+                raise TypeError("its step is not an integer")
+        except (ValueError, KeyError, TypeError) as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # the write of this line was interrupted: it lies past the checkpoint
+            reason = (f"not JSON: {err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError)
+                      else "no step" if isinstance(err, KeyError) else "no step" if "indices" in str(err) else str(err))
+            raise ValueError(f"{path} line {number} is not a metrics record ({reason}); fix or delete that line, "
+                             "then resume") from None
+        if record_step <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                    settings: dict[str, Any]) -> None:
+    """Write the resume state as safetensors: tensors ``model.<name>`` and ``optimizer.<param>.<name>``, and a
+    JSON header record with the step, the settings and the optimizer's non-tensor state. The file is written
+    beside ``path`` and renamed, so a kill during the write leaves the previous checkpoint intact."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    extra: dict[str, dict[str, Any]] = {}
+    for param, entries in opt["state"].items():
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{param}.{name}"] = value.detach().cpu().clone().contiguous()
+            else:
+                extra.setdefault(str(param), {})[name] = value
+    record = {"format": FORMAT, "step": step, "settings": settings, "param_groups": opt["param_groups"],
+              "state": extra}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, os.fspath(tmp), metadata={_CHECKPOINT_KEY: json.dumps(record)})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    settings: dict[str, Any]) -> int:
+    """Load :func:`save_checkpoint`'s file into ``model`` and ``optimizer``; returns its step. Raises
+    :class:`CheckpointError` (one line naming the file) when it is damaged, foreign or from other settings."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    cannot = _CANNOT_RESUME.format(folder=path.parent)
+    try:
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            record = json.loads((handle.metadata() or {})[_CHECKPOINT_KEY])
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        reason = "no vistok checkpoint record" if isinstance(err, KeyError) else " ".join(str(err).split())
+        raise CheckpointError(f"{path} is truncated or corrupt ({reason}); {cannot}") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("settings") != settings:
+        saved = record.get("settings") if isinstance(record, dict) else None
+        saved = saved if isinstance(saved, dict) else {}
+        diff = sorted(k for part in ("model", "train") for k in settings[part]
+                      if not isinstance(saved.get(part), dict) or saved[part].get(k) != settings[part][k])
+        raise CheckpointError(f"{path} was written with different settings ({', '.join(diff) or 'format/data'}); "
+                              "resume with the same options, or start a new run in another --out")
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, Any]] = {int(p): dict(e) for p, e in record["state"].items()}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, param, name = key.split(".", 2)
+                state.setdefault(int(param), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
+        return int(record["step"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path} does not fit the model it was written for ({reason}); {cannot}") from None
 
 
 def _checkpoint(model: Autoencoder, optimizer: torch.optim.Optimizer, step: int, settings: dict[str, Any],
                 path: Path, out: Path, info: dict[str, Any] | None, config: TrainConfig) -> None:
-    state = {"format": FORMAT, "step": step, "settings": settings, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill during the write leaves the previous checkpoint intact
+    save_checkpoint(path, model, optimizer, step, settings)
     model.eval()
     save_model(model, out / MODEL_FILE, {"training": {**(info or {}), "step": step, "data": settings["data"],
                                                       "seed": config.seed, "steps": config.steps}},

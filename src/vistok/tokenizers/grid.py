@@ -10,6 +10,7 @@ Shapes: cell vectors ``(N, cell*cell*3)`` in [0, 1]; codebook ``(K, cell*cell*3)
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from vistok.tokenizers.base import CellTokenizer, to_image
 from vistok.tokens import Tokens
 from vistok.weights import bundled, read_weights, write_weights
 
-__all__ = ["GridConfig", "GridTokenizer", "DEFAULT_CODEBOOK"]
+__all__ = ["GridConfig", "GridTokenizer", "KMeansSettings", "fit_kmeans", "DEFAULT_CODEBOOK"]
 
 DEFAULT_CODEBOOK = "grid-default.safetensors"
 _WEIGHTS_KIND = "grid-codebook"
@@ -120,24 +121,24 @@ class GridTokenizer(CellTokenizer):
         scales: tuple[float, ...] = (1.0, 2.0),
         seed: int = 0,
         on_image: Callable[[], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        kmeans: KMeansSettings | None = None,
     ) -> GridTokenizer:
-        """Learn a ``vocab``-word codebook by k-means (scikit-learn's ``MiniBatchKMeans``) over the cells of
-        ``images``. Each image contributes its cells at the working size times each of ``scales`` (capped at
-        the native size) and their mirror images, which widens the sample without more files."""
-        from sklearn.cluster import MiniBatchKMeans
+        """Learn a ``vocab``-word codebook by mini-batch k-means over the cells of ``images``.
 
+        Each image contributes its cells at the working size times each of ``scales`` (capped at the native
+        size) and their mirror images, which widens the sample without more files. ``on_image()`` is called
+        after each image is cut, ``on_step(done, total)`` after each k-means batch (``done == total`` at the
+        end, also when it stops early). ``kmeans`` tunes the clustering (see :class:`KMeansSettings`)."""
         config = GridConfig(cell=cell, max_side=max_side)
-        sampler = cls(config)
-        data = sampler.sample_cells(images, scales, on_image)
+        data = cls(config).sample_cells(images, scales, on_image)
         if len(data) < vocab:
             raise ValueError(
                 f"k-means needs at least vocab={vocab} cells, the images gave {len(data)}; "
                 "add images, use a smaller --vocab, or a smaller --cells"
             )
-        kmeans = MiniBatchKMeans(n_clusters=vocab, batch_size=4096, n_init=3, max_iter=200,
-                                 random_state=seed, compute_labels=False)
-        kmeans.fit(data)
-        return cls(config, codebook=kmeans.cluster_centers_.astype(np.float32))
+        codebook = fit_kmeans(data, vocab, kmeans or KMeansSettings(), seed=seed, on_step=on_step)
+        return cls(config, codebook=codebook)
 
     def save_weights(self, path: str | os.PathLike, *, sources: list[str] | None = None) -> Path:
         """Write the codebook for ``vistok.load("grid", codebook=path)``."""
@@ -148,6 +149,68 @@ class GridTokenizer(CellTokenizer):
             "sources": sources or [],
         })
         return Path(path)
+
+
+@dataclass(frozen=True)
+class KMeansSettings:
+    """How :meth:`GridTokenizer.fit` runs mini-batch k-means (Sculley, "Web-scale k-means clustering", WWW
+    2010; each update is scikit-learn's ``MiniBatchKMeans.partial_fit``, which also re-seeds unused words).
+
+    batch_size: cells per update (at least ``vocab``). max_epochs: passes over the sample, at most.
+    tol: stop once an epoch moves the words by less than this, measured as the mean squared move of a word
+    over the sample's total variance. init_cells: the k-means++ seeding (Arthur & Vassilvitskii, SODA 2007)
+    looks at this many cells, at least ``2 * vocab``; it runs in float64, where scikit-learn's distance code is
+    fast (float32 input is upcast in small chunks and was 15x slower). max_cells: a bigger sample is cut down
+    to this many cells, drawn at random with the seed.
+    """
+
+    batch_size: int = 4096
+    max_epochs: int = 20
+    tol: float = 1e-4
+    init_cells: int = 4096
+    max_cells: int = 200_000
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_epochs", "init_cells", "max_cells"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"k-means {name} must be a positive integer, got {getattr(self, name)}")
+        if not self.tol >= 0:
+            raise ValueError(f"k-means tol must be >= 0, got {self.tol}")
+
+
+def fit_kmeans(data: np.ndarray, vocab: int, settings: KMeansSettings, *, seed: int = 0,
+               on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """``(vocab, D)`` float32 k-means centres of the rows of ``data`` ``(N, D)``; see :class:`KMeansSettings`."""
+    from sklearn.cluster import MiniBatchKMeans, kmeans_plusplus
+
+    rng = np.random.default_rng(seed)
+    data = np.asarray(data, np.float32)
+    if len(data) > settings.max_cells:
+        data = data[np.sort(rng.choice(len(data), settings.max_cells, replace=False))]
+    n = len(data)
+    seeds = data[rng.choice(n, min(n, max(settings.init_cells, 2 * vocab)), replace=False)]
+    init, _ = kmeans_plusplus(seeds.astype(np.float64), vocab, random_state=int(rng.integers(2**31)))
+    batch = min(n, max(settings.batch_size, vocab))
+    per_epoch = math.ceil(n / batch)
+    total = per_epoch * settings.max_epochs
+    kmeans = MiniBatchKMeans(n_clusters=vocab, init=init.astype(np.float32), n_init=1, batch_size=batch,
+                             random_state=int(rng.integers(2**31)), compute_labels=False)
+    variance = float(data.var(axis=0).sum()) or 1.0
+    done = 0
+    for _ in range(settings.max_epochs):
+        before = kmeans.cluster_centers_.copy() if done else init
+        order = rng.permutation(n)
+        for start in range(0, n, batch):
+            kmeans.partial_fit(data[order[start:start + batch]])
+            done += 1
+            if on_step is not None:
+                on_step(done, total)
+        moved = float(((kmeans.cluster_centers_ - before) ** 2).sum(axis=1).mean()) / variance
+        if moved < settings.tol:
+            break
+    if on_step is not None and done < total:
+        on_step(total, total)
+    return kmeans.cluster_centers_.astype(np.float32)
 
 
 @register_tokenizer(

@@ -70,12 +70,16 @@ def _header(file: Path) -> dict[str, Any]:
         with safe_open(os.fspath(file), framework="numpy") as handle:
             return json.loads((handle.metadata() or {}).get("vistok_weights", "null")) or {}
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{file}: not a safetensors weights file ({err})") from err
+        from vistok.weights import unreadable_weights
+
+        raise unreadable_weights(file, err) from None
 
 
 def is_learned_model(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a ``vistok train`` folder or a learned-tokenizer file."""
-    from vistok.learned.train import MODEL_FILE, WEIGHTS_KIND
+    """True when ``path`` is a ``vistok train`` folder or a learned-tokenizer file. A model file that cannot be
+    read counts when it sits in a training run (beside its metrics log), so that loading it says it is damaged
+    instead of "not a model"."""
+    from vistok.learned.train import METRICS_FILE, MODEL_FILE, WEIGHTS_KIND
 
     p = Path(path)
     file = p / MODEL_FILE if p.is_dir() else p
@@ -84,7 +88,7 @@ def is_learned_model(path: str | os.PathLike) -> bool:
     try:
         return _header(file).get("kind") == WEIGHTS_KIND
     except ValueError:
-        return False
+        return file.name == MODEL_FILE and (file.parent / METRICS_FILE).is_file()
 
 
 class LearnedTokenizer(CellTokenizer):
