@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vistok
+from vistok.preprocess import preprocess
 from vistok.reducers.tome import merge_schedule
 from vistok.reducers.tome_patch import bipartite_merge, is_patched, merged_count, patch, unpatch
 
@@ -337,7 +338,7 @@ def test_vit_tokenizer_runs_the_patched_model(folder):
     assert tokens[0].meta["working_size"] == [64, 48]
     assert len(tokens[0]) == tok.count(64, 50) == 1 + merged_count(48, 5, 3) == 1 + 48 - 15
     assert vistok.load("vit", model=str(folder), tome_r=30).count(64, 50) == 48 - 24 - 12 - 6
-    pixels = tok._pixels(images, (64, 48))
+    pixels = preprocess(images, tok.preprocessing_for(64, 50))  # what encode fed the model
     model = AutoModel.from_pretrained(folder).eval()
     last = model.encoder.layer[-1]
     seen = {}
