@@ -23,7 +23,7 @@ from vistok.learned.train import (
     save_checkpoint,
 )
 from vistok.samples import sample_images
-from vistok.tokenizers.grid import GridConfig, GridTokenizer, KMeansSettings, fit_kmeans
+from vistok.tokenizers.grid import GridTokenizer, KMeansSettings, fit_kmeans
 from vistok.weights import read_weights
 
 TINY = dict(quantizer="fsq", width=4, levels=[5, 3, 3], steps=4, batch_size=8, log_every=1, checkpoint_every=2,
