@@ -16,7 +16,7 @@ round trip on held-out photos (scikit-image's photos that are not among the trai
 MSE) per image against the working-size image, averaged. Ratios are new / old (time: old / new, so above 1
 means the new default is faster).
 
-    python benchmarks/bench_fit_codebook.py             # vocab 512 as fit-codebook: 16 min on 2 busy cores, nearly all old
+    python benchmarks/bench_fit_codebook.py             # vocab 512: 16 min on 2 busy cores, mostly the old fit
     python benchmarks/bench_fit_codebook.py --vocab 128 # a quicker run
     python benchmarks/bench_fit_codebook.py --markdown  # the table as Markdown
 """

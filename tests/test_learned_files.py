@@ -151,7 +151,7 @@ def test_resume_drops_a_metrics_line_cut_short_and_names_a_broken_one(killed, fo
         handle.write('{"step": 3, "lo')  # a kill in the middle of writing the line of step 3
     train_tokenizer(folder, cut, resume=True, **TINY)
     assert (cut / METRICS_FILE).read_text() == (whole / METRICS_FILE).read_text()
-    a, b = read_weights(whole / MODEL_FILE, "learned-tokenizer")[0], read_weights(cut / MODEL_FILE, "learned-tokenizer")[0]
+    a, b = (read_weights(run / MODEL_FILE, "learned-tokenizer")[0] for run in (whole, cut))
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
     broken = _copy(killed, tmp_path / "broken")
@@ -216,7 +216,8 @@ def test_fit_kmeans_finds_separated_clusters_and_reports_each_step():
 def test_fit_kmeans_stops_early_subsamples_and_checks_its_settings():
     data = _blobs(np.eye(4, 6), 300)
     steps = []
-    fit_kmeans(data, 4, KMeansSettings(batch_size=400, max_epochs=50, tol=1e-3), on_step=lambda d, t: steps.append((d, t)))
+    fit_kmeans(data, 4, KMeansSettings(batch_size=400, max_epochs=50, tol=1e-3),
+               on_step=lambda d, t: steps.append((d, t)))
     assert steps[-1] == (150, 150) and len(steps) < 150 and steps[-2][0] < 150  # stopped, then said "done"
     steps.clear()
     fit_kmeans(data, 4, KMeansSettings(batch_size=100, max_epochs=1, tol=0.0, max_cells=200),
