@@ -63,6 +63,8 @@ def checks(small: str) -> list[Check]:
         Check(["count", SAMPLES, "-m", "qwen2.5-vl-7b", "--summary-only"], contains=["2,633"]),
         Check(["count", SAMPLE, "-m", "gpt-4o", "--json"], json=True),
         Check(["fit", SAMPLE, "-m", "qwen2-vl-7b", "--budget", "100", "--out", "fit.jpg"], writes=["fit.jpg"]),
+        Check(["fit", SAMPLES, "-m", "qwen2-vl-7b", "--budget", "256", "--out", "fitted"],
+              writes=["fitted/chelsea.jpg", "fitted/hubble.jpg"]),
         Check(["tokenize", SAMPLE, "-t", "grid", "--out", "grid.safetensors"], contains=["176"],
               writes=["grid.safetensors"]),
         Check(["tokenize", SAMPLE, "-t", "patch", "-c", "dim=32", "-r", "pool:factor=2", "--out", "patch.safetensors"],
