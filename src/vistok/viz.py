@@ -38,7 +38,7 @@ def token_colors(tokens: Tokens) -> np.ndarray:
         ids = tokens.values
         hues = (ids * _GOLDEN) % 1.0
         light = 0.45 + 0.2 * ((ids * 7) % 3) / 2
-        rgb = [colorsys.hls_to_rgb(h, l, 0.75) for h, l in zip(hues, light)]
+        rgb = [colorsys.hls_to_rgb(h, lightness, 0.75) for h, lightness in zip(hues, light)]
         return (np.asarray(rgb, dtype=np.float64).reshape(-1, 3) * 255).round().astype(np.uint8)
     x = tokens.values.astype(np.float64)
     x = x - x.mean(axis=0)

@@ -189,7 +189,7 @@ class LlavaOnevisionOptions:
 
 
 def _max_tiles(vision_aspect_ratio: str) -> int:
-    digits = vision_aspect_ratio.strip("anyres_max_")  # the processor's own parsing of "anyres_max_N"
+    digits = vision_aspect_ratio.strip("anyres_max_")  # the processor's own parsing of "anyres_max_N"  # noqa: B005
     if not digits.isdigit():
         raise ValueError(f"vision_aspect_ratio must look like 'anyres_max_9', got {vision_aspect_ratio!r}")
     return int(digits)
