@@ -26,10 +26,13 @@ def _page_param(page: Path):
 @pytest.mark.parametrize("page", [_page_param(p) for p in pages()])
 def test_page_examples_run_and_print_what_the_page_shows(page: Path, tmp_path: Path):
     failures = PageRunner(page, tmp_path).run()
-    assert not failures, (
-        f"{len(failures)} example(s) in {page.name} differ from what they do now; if the change is intended, run "
-        "`.venv/bin/python scripts/refresh_doc_outputs.py` and check the diff\n\n" + "\n\n".join(map(str, failures))
-    )
+    if failures:
+        pytest.fail(
+            f"{len(failures)} example(s) in {page.name} differ from what they do now; if the change is intended, "
+            "run `.venv/bin/python scripts/refresh_doc_outputs.py` and check the diff\n\n"
+            + "\n\n".join(map(str, failures)),
+            pytrace=False,
+        )
 
 
 def test_readme_is_short_and_links_every_docs_page():
