@@ -89,3 +89,24 @@ def test_ci_runs_the_readme_test_command_and_the_wheel_smoke_test():
     assert "make test" in readme
     assert "\nmake test\n" in ci
     assert "scripts/smoke_wheel.sh" in ci
+
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None; from vistok.cli import main; sys.argv = ['vistok', *sys.argv[1:]]; main()"
+
+
+@pytest.mark.parametrize("args, extra", [
+    (["train", "samples-64", "-t", "fsq", "--steps", "1", "--out", "run"], "vistok[learned]"),
+    (["tokenize", "{sample}", "-t", "efficientnet-lite0"], "vistok[encoders]"),
+    (["eval-recon", "fsq-fmnist", "samples-64"], "vistok["),
+])
+def test_commands_that_need_torch_say_what_to_install_when_it_is_missing(args, extra, tmp_path):
+    """As after `pip install vistok` (no torch): one line naming the pip extra, exit 2, no traceback."""
+    from vistok.samples import sample_images
+
+    argv = [a.format(sample=sample_images()[0]) for a in args]
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"pip install '{extra}" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -73,8 +73,12 @@ def train_command(
     import shlex
     import warnings
 
-    from vistok.learned import train_tokenizer
-    from vistok.learned.train import CodebookCollapseWarning
+    try:
+        from vistok.learned import train_tokenizer
+        from vistok.learned.train import CodebookCollapseWarning
+    except ImportError as exc:
+        error(f"vistok train needs the learned-tokenizer packages ({exc}); install them: pip install 'vistok[learned]'")
+        raise typer.Exit(2) from None
 
     options: dict[str, Any] = dict(
         factor=factor, codebook_size=codebook_size, codebook_dim=codebook_dim, latent_dim=latent_dim, cosine=cosine,
