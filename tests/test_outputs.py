@@ -203,3 +203,19 @@ def test_output_error_message_and_pickle():
     assert str(err) == "a/b.png: is a folder" and isinstance(err, ValueError)
     back = pickle.loads(pickle.dumps(err))
     assert (back.path, back.reason) == ("a/b.png", "is a folder")
+
+
+def test_save_weights_follows_a_link_only_on_request(tmp_path):
+    import vistok
+    from vistok.tokenizers.grid import GridConfig, GridTokenizer
+
+    codebook = np.random.default_rng(0).random((4, 16 * 16 * 3), dtype=np.float32)
+    tokenizer = GridTokenizer(GridConfig(cell=16), codebook=codebook)
+    link = tmp_path / "codebook.safetensors"
+    link.symlink_to(tmp_path / "real.safetensors")
+    with pytest.raises(OutputError, match="is a symbolic link"):
+        tokenizer.save_weights(link)
+    tokenizer.save_weights(link, follow_symlinks=True)
+    assert link.is_symlink()
+    back = vistok.load("grid", codebook=str(tmp_path / "real.safetensors"), cell=16)
+    assert np.array_equal(back.codebook, codebook)

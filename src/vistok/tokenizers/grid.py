@@ -140,14 +140,15 @@ class GridTokenizer(CellTokenizer):
         codebook = fit_kmeans(data, vocab, kmeans or KMeansSettings(), seed=seed, on_step=on_step)
         return cls(config, codebook=codebook)
 
-    def save_weights(self, path: str | os.PathLike, *, sources: list[str] | None = None) -> Path:
+    def save_weights(self, path: str | os.PathLike, *, sources: list[str] | None = None,
+                     follow_symlinks: bool = False) -> Path:
         """Write the codebook for ``vistok.load("grid", codebook=path)``."""
         write_weights(path, {"codebook": self.codebook}, {
             "kind": _WEIGHTS_KIND,
             "config": {"cell": self.cell, "max_side": self.config.max_side},
             "vocab_size": self.vocab_size,
             "sources": sources or [],
-        })
+        }, follow_symlinks=follow_symlinks)
         return Path(path)
 
 

@@ -142,7 +142,8 @@ class PatchTokenizer(CellTokenizer):
         tokenizer.explained_variance = pca.explained_variance_ratio_.astype(np.float32)
         return tokenizer
 
-    def save_weights(self, path: str | os.PathLike, *, sources: list[str] | None = None) -> Path:
+    def save_weights(self, path: str | os.PathLike, *, sources: list[str] | None = None,
+                     follow_symlinks: bool = False) -> Path:
         """Write the PCA for ``vistok.load("patch", weights=path)`` (all components, whatever ``dim``)."""
         self._load_weights()
         mean, components = self._pca  # type: ignore[misc]
@@ -153,7 +154,7 @@ class PatchTokenizer(CellTokenizer):
             "kind": _WEIGHTS_KIND,
             "config": {"patch": self.cell, "max_side": self.config.max_side},
             "sources": sources or [],
-        })
+        }, follow_symlinks=follow_symlinks)
         return Path(path)
 
 
