@@ -110,7 +110,7 @@ def register_tokenizer(
 
 def register_path_handler(tokenizer: str, *, option: str, accepts: Callable[[str], bool], holds: str) -> None:
     """Let ``vistok.load(path)`` open paths that ``accepts`` recognises with ``load(tokenizer, option=path)``.
-    Handlers are asked in registration order."""
+    Handlers are asked in tokenizer-name order, whatever order their modules were imported in."""
     _paths.add(tokenizer, PathHandler(tokenizer, option, accepts, holds))
 
 
@@ -131,7 +131,7 @@ def _from_path(path: str) -> tuple[str, dict[str, str]] | None:
     if not os.path.exists(path):
         return None
     _tokenizers.ensure_loaded()  # the tokenizer modules register the handlers
-    handlers = list(_paths.entries().values())
+    handlers = sorted(_paths.entries().values(), key=lambda h: h.tokenizer)
     for handler in handlers:
         if handler.accepts(path):
             return handler.tokenizer, {handler.option: path}

@@ -242,7 +242,7 @@ def save_tokens(
 def _crc32(arr: np.ndarray) -> int:
     """CRC-32 of an array's bytes as safetensors stores them (little-endian, C order)."""
     data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-    return zlib.crc32(memoryview(data).cast("B"))
+    return zlib.crc32(data.reshape(-1).view(np.uint8))  # flat bytes; an empty array is fine too
 
 
 def load_tokens(path: str | os.PathLike) -> dict[str, Tokens]:
