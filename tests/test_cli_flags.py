@@ -48,6 +48,20 @@ def test_help_loads_no_heavy_library() -> None:
     assert "count" in proc.stdout
 
 
+def test_counting_a_jpeg_loads_no_numpy_pillow_or_pydantic(tmp_path) -> None:
+    # the count path reads headers in pure Python: its start-up carries none of these imports
+    from PIL import Image
+
+    Image.new("RGB", (640, 480)).save(tmp_path / "a.jpg")
+    code = ("import sys; from vistok.cli import app\n"
+            f"sys.argv = ['vistok', 'count', {str(tmp_path / 'a.jpg')!r}, '-m', 'llava-1.5-7b', '--json']\n"
+            "try:\n    app()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'pydantic') if m in sys.modules), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr
+    assert json.loads(proc.stdout)["summary"][0]["total_tokens"] == 576
+
+
 def test_version_prints_the_package_version() -> None:
     for flag in ("--version", "-V"):
         assert run(flag).stdout == f"vistok {vistok.__version__}\n"

@@ -26,13 +26,13 @@ from __future__ import annotations
 import os
 import re
 import struct
+import sys
 import zlib
 from collections.abc import Callable
 
-from PIL import Image
-
 __all__ = ["header_size"]
 
+_PILLOW_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # PIL.Image.MAX_IMAGE_PIXELS as Pillow sets it
 _HEAD = 16384  # bytes read first; most headers end well within it
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)  # a FIFO must not block
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
@@ -93,7 +93,8 @@ def _parse(head: bytes, get: Getter) -> tuple[int, int] | None:
     if size is None:
         return None
     w, h = size
-    bomb = Image.MAX_IMAGE_PIXELS
+    pil = sys.modules.get("PIL.Image")  # a changed limit needs Pillow imported; its default otherwise
+    bomb = pil.MAX_IMAGE_PIXELS if pil is not None else _PILLOW_MAX_IMAGE_PIXELS
     if w <= 0 or h <= 0 or (bomb and w * h > 2 * bomb):
         return None  # Pillow's own checks give the error
     return size

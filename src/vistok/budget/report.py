@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from vistok._headers import header_size
+from vistok._sources import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, _sniffed_image, source_name
 from vistok.budget.core import TokenCount, check_size
-from vistok.images import IMAGE_EXTENSIONS, ImageError, probe_size, source_name
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["CountReport", "Tally", "count_stream", "count_files", "iter_image_files", "histogram"]
 
@@ -92,6 +94,8 @@ class CountReport:
         """Every image's tokens for ``model``, in ascending order."""
         counts = self.tallies[model].counts
         values = sorted(counts)
+        import numpy as np
+
         return np.repeat(np.asarray(values, np.int64), [counts[v] for v in values])
 
     def summary(self) -> list[dict[str, Any]]:
@@ -103,8 +107,6 @@ def iter_image_files(root: str | os.PathLike, *, recursive: bool = True) -> Iter
     """The image files under the folder ``root``, one at a time, as :func:`vistok.images.find_images` picks
     them (image suffixes, suffix-less files that start like an image, hidden entries and symlinked folders
     skipped), in the same order for folders of up to 4,096 entries; larger folders in listing order."""
-    from vistok.images import _sniffed_image
-
     try:
         scan = os.scandir(root)
     except OSError:
@@ -156,7 +158,14 @@ def _expand(sources: Iterable[Any], recursive: bool, errors: dict[str, str]) -> 
 
 
 def _size_of(item: Any) -> tuple[int, int]:
-    size = item if type(item) is tuple and len(item) == 2 else probe_size(item)
+    if type(item) is tuple and len(item) == 2:
+        size = item
+    else:  # the header alone (no numpy, no Pillow) where it answers, as vistok.probe_size would
+        size = header_size(item) if isinstance(item, str) else None
+        if size is None or size[0] * size[1] > DEFAULT_MAX_PIXELS:
+            from vistok.images import probe_size
+
+            size = probe_size(item)
     w, h = size
     if type(w) is int and type(h) is int and 0 < w <= 1_000_000 and 0 < h <= 1_000_000:
         return size
