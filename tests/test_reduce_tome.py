@@ -30,13 +30,14 @@ def cosine(u, v) -> float:
     return sum(a * b for a, b in zip(u, v)) / max(nu * nv, 1e-300)
 
 
-def match(features: list[list[float]], r: int) -> list[int]:
+def match(features: list[list[float]], r: int, fixed: frozenset[int] = frozenset()) -> list[int]:
     """One bipartite soft matching step in plain Python: the output token of each row, numbered in the order of
-    the rows that remain. Ties: the first best B token, then the earlier A token."""
+    the rows that remain. Rows in ``fixed`` neither merge nor receive (ToMe's -inf for CLS). Ties: the first
+    best B token, then the earlier A token."""
     a_rows, b_rows = list(range(0, len(features), 2)), list(range(1, len(features), 2))
     links = []
     for i in a_rows:
-        scores = [cosine(features[i], features[j]) for j in b_rows]
+        scores = [-math.inf if i in fixed or j in fixed else cosine(features[i], features[j]) for j in b_rows]
         best = max(range(len(scores)), key=lambda m: (scores[m], -m))
         links.append((scores[best], i, b_rows[best]))
     merged = {i: j for _, i, j in sorted(links, key=lambda link: (-link[0], link[1]))[:r]}
@@ -45,15 +46,21 @@ def match(features: list[list[float]], r: int) -> list[int]:
     return [new[merged.get(i, i)] for i in range(len(features))]
 
 
-def reference_tome(features: np.ndarray, sizes: np.ndarray, k: int, r: int | None = None) -> list[int]:
+def reference_tome(features: np.ndarray, sizes: np.ndarray, k: int, r: int | None = None,
+                   protect: tuple[int, ...] = ()) -> list[int]:
     """Rounds of :func:`match` until ``k`` groups remain, the groups kept in order of their first member, a
-    group's features the size-weighted sum of its members'; outputs numbered by first member."""
+    group's features the size-weighted sum of its members'; outputs numbered by first member. ``protect``:
+    inputs that stay alone, in place in the alternating split (ToMe's CLS)."""
     groups = [[i] for i in range(len(features))]
     while len(groups) > k:
         n = len(groups)
-        step = min(n - k, (n + 1) // 2, r or n)
+        fixed = frozenset(p for p, g in enumerate(groups) if g[0] in protect)
+        free_a = sum(1 for p in range(0, n, 2) if p not in fixed)
+        if all(p in fixed for p in range(1, n, 2)):
+            raise ValueError("every B position is protected")
+        step = min(n - k, free_a, r or n)
         sums = [[sum(sizes[m] * features[m][d] for m in g) for d in range(features.shape[1])] for g in groups]
-        target = match(sums, step)
+        target = match(sums, step, fixed)
         joined: dict[int, list[int]] = {}
         for g, t in zip(groups, target):
             joined.setdefault(t, []).extend(g)
@@ -133,13 +140,57 @@ def test_keys_are_the_similarity_and_protected_tokens_stay_alone():
     assert list(with_keys.source) == reference_tome(keys, np.ones(10), 4)
     without = vistok.reduce(tokens_from(values), "tome", keep=4)
     assert list(without.source) == reference_tome(values.astype(np.float32), np.ones(10), 4)
-    guarded = vistok.reduce(tokens, "tome", keep=4, protect=[0, 7])
+    guarded = vistok.reduce(tokens, "tome", keep=4, protect=[0, 7], split="free")
     assert np.bincount(guarded.source)[guarded.source[[0, 7]]].tolist() == [1, 1]
     rest = [i for i in range(10) if i not in (0, 7)]
     groups = reference_tome(keys[rest], np.ones(8), 2)
     for a, i in enumerate(rest):  # the others are merged among themselves, as they would be without 0 and 7
         for b, j in enumerate(rest):
             assert (guarded.source[i] == guarded.source[j]) == (groups[a] == groups[b])
+
+
+def test_protected_cls_takes_its_place_in_tomes_alternation():
+    # CLS (0) + 4 patches (1..4), keep 3. ToMe's code alternates the whole sequence: A = {0 (CLS, -inf), 2, 4},
+    # B = {1, 3}; 2 and 4 are nearest 3, so patches 2, 3, 4 merge. split="free" alternates the patches only:
+    # A = {1, 3}, B = {2, 4}; 1 and 3 are nearest 2, so patches 1, 2, 3 merge.
+    x = np.array([[0.45, 1], [1, 0], [0.5, 1], [0.4, 1], [0, 1]], np.float32)
+    tokens = tokens_from(x)
+    assert list(vistok.reduce(tokens, "tome", keep=3, protect=[0]).source) == [0, 1, 2, 2, 2]
+    assert list(vistok.reduce(tokens, "tome", keep=3, protect=[0], split="free").source) == [0, 1, 1, 1, 2]
+    # the in-model step does the same with CLS as its protected token: patch groups (0,), (1, 2, 3)
+    t = torch.from_numpy(x)[None]
+    out, size, assign = bipartite_merge(t, t, None, 1, 2)
+    assert assign[0].tolist() == [0, 1, 1, 1] and size[0].tolist() == [1, 3]
+    np.testing.assert_allclose(out[0].numpy(), [x[0], x[1], x[2:].mean(0)], rtol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(3, 12), st.data())
+def test_protected_tokens_in_place_equal_the_plain_reference(n, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 10_000)))
+    protect = tuple(sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=2))))
+    k = data.draw(st.integers(len(protect) + 1, n))
+    r = data.draw(st.one_of(st.none(), st.integers(1, 3)))
+    values = rng.normal(size=(n, 4)).astype(np.float32)
+    try:
+        expected = reference_tome(values, np.ones(n), k, r, protect)
+    except ValueError:  # the protected tokens hold every B position: nothing can merge
+        with pytest.raises(ValueError, match="split='free'"):
+            vistok.reduce(tokens_from(values), "tome", keep=k, protect=list(protect), **({"r": r} if r else {}))
+        return
+    out = vistok.reduce(tokens_from(values), "tome", keep=k, protect=list(protect), **({"r": r} if r else {}))
+    assert list(out.source) == expected
+    assert all(np.sum(out.source == out.source[p]) == 1 for p in protect)
+
+
+def test_protected_tokens_holding_every_b_position():
+    tokens = tokens_from(np.random.default_rng(0).normal(size=(6, 3)))
+    with pytest.raises(ValueError, match="every B position.*split='free'"):
+        vistok.reduce(tokens, "tome", keep=4, protect=[1, 3, 5])
+    out = vistok.reduce(tokens, "tome", keep=4, protect=[1, 3, 5], split="free")
+    assert len(out) == 4 and [int(np.sum(out.source == out.source[p])) for p in (1, 3, 5)] == [1, 1, 1]
+    with pytest.raises(ValueError, match="split must be 'sequence'"):
+        vistok.reduce(tokens, "tome", keep=4, split="patches")
 
 
 def test_bad_inputs():
@@ -162,9 +213,10 @@ def test_bad_inputs():
 # -- the in-model patch -----------------------------------------------------------------------------------
 
 def reference_merge(x: np.ndarray, metric: np.ndarray, size: np.ndarray, protected: int, r: int):
-    """One ToMe step on one image in plain Python: protected rows pass through, then :func:`match` (which
-    numbers the remaining tokens in their order, as the patch does) and size-weighted means."""
-    target = match(metric[protected:].tolist(), r)
+    """One ToMe step on one image in plain Python: :func:`match` over the whole sequence with the protected
+    rows fixed, as ToMe's code splits it (it numbers the remaining tokens in their order, as the patch does;
+    protected rows stay first), and size-weighted means of the patch tokens."""
+    target = [t - protected for t in match(metric.tolist(), r, frozenset(range(protected)))[protected:]]
     m = max(target) + 1
     new_size = [0.0] * m
     sums = [[0.0] * x.shape[1] for _ in range(m)]

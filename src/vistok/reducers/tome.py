@@ -29,7 +29,13 @@ Features and choices that differ from the in-model form, which are this module's
 * protected tokens: the paper never merges the CLS token. Patch tokens here have no CLS (``vit`` keeps it in
   ``extras["cls"]`` by default); with ``cls="include"`` or any other tokens to leave alone, pass
   ``protect=[indices]``: those tokens take part in no match and each stays its own output token, so the other
-  ``N - P`` tokens are merged down to ``K - P``.
+  ``N - P`` tokens are merged down to ``K - P``. By default (``split="sequence"``) the alternating A/B split
+  runs over the whole sequence, protected tokens included, as the paper's code does with its CLS token
+  (``bipartite_soft_matching`` in facebookresearch/ToMe: CLS sits at position 0 on side A and its score row is
+  set to ``-inf``): a protected A token merges into nothing and a protected B token receives nothing, so CLS
+  plus 4 patches at ``keep=3`` pairs patches 2 and 4 (A) with 1 and 3 (B). ``split="free"`` splits only the
+  unprotected tokens (vistok's earlier rule: patches 1 and 3 on side A there), which always makes progress
+  even when the protected tokens take every B position.
 * ties: the earlier token wins (``argmax``'s first maximum, a stable sort of the link scores), so the result
   depends on the inputs only; the seed is not used.
 """
@@ -55,14 +61,19 @@ def merge_schedule(n: int, k: int, r: int | None = None) -> list[int]:
     return steps
 
 
-def bipartite_round(features: np.ndarray, r: int) -> np.ndarray:
+def bipartite_round(features: np.ndarray, r: int, fixed: np.ndarray | None = None) -> np.ndarray:
     """One bipartite soft matching step on ``(n, d)`` features (rows in order): ``(n,)`` the output token of
-    each row, ``0..n-r-1``, numbered in the order of the tokens that remain (B tokens and unmerged A tokens)."""
+    each row, ``0..n-r-1``, numbered in the order of the tokens that remain (B tokens and unmerged A tokens).
+    ``fixed`` ``(n,)`` bool: rows that neither merge (on side A) nor receive a merge (on side B), as ToMe's
+    ``-inf`` score for its CLS token; ``r`` must not exceed the unfixed A rows."""
     n = len(features)
     features = np.asarray(features, np.float32)
     unit = features / np.maximum(np.sqrt(np.einsum("ij,ij->i", features, features)), 1e-12)[:, None]
     a, b = np.ascontiguousarray(unit[0::2]), np.ascontiguousarray(unit[1::2])
     scores = a @ b.T  # (|A|, |B|) cosine similarities
+    if fixed is not None and fixed.any():
+        scores[fixed[0::2]] = -np.inf
+        scores[:, fixed[1::2]] = -np.inf
     partner = scores.argmax(axis=1)  # each A token's most similar B token
     best = scores[np.arange(len(a)), partner]
     merged = np.argsort(-best, kind="stable")[:r]  # the r strongest links (ties: earlier A token)
@@ -74,20 +85,63 @@ def bipartite_round(features: np.ndarray, r: int) -> np.ndarray:
     return step
 
 
+def _round_size(fixed: np.ndarray, excess: int, r: int | None) -> int:
+    """Merges the next round can make: ``min(excess, r, unfixed A tokens)``, 0 when no unfixed B token is left."""
+    if not (~fixed[1::2]).any():
+        return 0
+    return min(excess, int((~fixed[0::2]).sum()), r if r is not None else excess)
+
+
+def _merge_rounds(weighted: np.ndarray, fixed: np.ndarray, target: int, r: int | None) -> tuple[np.ndarray, int]:
+    """Rounds of bipartite matching over ``(n, d)`` size-weighted feature sums in reading order until ``target``
+    unfixed tokens remain: ``(n,)`` the output of each row, numbered in reading order (by first row), and the
+    output count. Raises when the split leaves no unfixed B token while merges are still due."""
+    from scipy import sparse  # a scikit-learn dependency; imported here to keep `import vistok` light
+
+    n = len(weighted)
+    first = np.arange(n)
+    assign = np.arange(n)
+    while (excess := int((~fixed).sum()) - target) > 0:
+        step_r = _round_size(fixed, excess, r)
+        if step_r == 0:
+            raise ValueError("tome: the protected tokens hold every B position of the alternating split, so nothing "
+                             "can merge; pass split='free' to split only the unprotected tokens")
+        step = bipartite_round(weighted, step_r, fixed)
+        m = int(step.max()) + 1
+        new_first = np.full(m, np.iinfo(np.int64).max)
+        np.minimum.at(new_first, step, first)
+        relabel = np.empty(m, np.int64)
+        relabel[np.argsort(new_first, kind="stable")] = np.arange(m)  # back to reading order
+        step = relabel[step]
+        first = np.sort(new_first)
+        assign = step[assign]
+        new_fixed = np.zeros(m, bool)
+        new_fixed[step[fixed]] = True
+        fixed = new_fixed
+        if int((~fixed).sum()) > target:  # group sums as a sparse product (np.add.at is ~30x slower here)
+            member = sparse.csr_matrix((np.ones(len(step), np.float32), (step, np.arange(len(step)))),
+                                       shape=(m, len(step)))
+            weighted = np.asarray(member @ weighted)
+    return assign, len(first)
+
+
 @register_method(
     "tome", description="ToMe bipartite soft matching: merge the most similar tokens in rounds (size-weighted)",
     paper="Bolya et al., Token Merging: Your ViT but Faster, ICLR 2023", uses=("keys",), merges=True,
-    options=("r", "protect"),
+    options=("r", "protect", "split"),
 )
 def tome(x: np.ndarray, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator,
-         r: int | None = None, protect: Any = None) -> Reduction:
+         r: int | None = None, protect: Any = None, split: str = "sequence") -> Reduction:
     """``r``: the most tokens one round merges (default: as many as a round allows, ``ceil(n/2)``).
-    ``protect``: indices of tokens never merged (each stays its own output token)."""
-    from scipy import sparse  # a scikit-learn dependency; imported here to keep `import vistok` light
-
+    ``protect``: indices of tokens never merged (each stays its own output token). ``split``: ``"sequence"``
+    (default, ToMe's code: the A/B alternation runs over every token, protected ones included) or ``"free"``
+    (over the unprotected tokens only)."""
     n = len(sizes)
     if r is not None and (isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1):
         raise ValueError(f"tome: r (merges per round) must be a whole number >= 1, got {r!r}")
+    if split not in ("sequence", "free"):
+        raise ValueError(f"tome: split must be 'sequence' (ToMe's alternation over every token) or 'free' (over "
+                         f"the unprotected tokens only), got {split!r}")
     fixed = np.zeros(n, bool)
     if protect is not None:
         index = np.asarray(protect).reshape(-1)
@@ -103,32 +157,21 @@ def tome(x: np.ndarray, k: int, sizes: np.ndarray, signals: dict[str, Any], rng:
         features = x
     if features.ndim != 2:
         raise ValueError(f"tome: the similarity features must be (N, d), got shape {features.shape}")
+    if split == "sequence" or n_fixed == 0:
+        # every token in reading order, protected ones in place: outputs come numbered by first input already
+        weighted = features.astype(np.float32) * sizes[:, None].astype(np.float32)
+        assign, _ = _merge_rounds(weighted, fixed, k - n_fixed, r)
+        return Reduction(assign)
     free = np.flatnonzero(~fixed)
-    # current tokens, in reading order: the size-weighted sums of their features (float32: only their
-    # direction matters) and the first input index of each
     weighted = features[free].astype(np.float32) * sizes[free, None].astype(np.float32)
-    first = free.copy()
-    assign = np.arange(len(free))  # each free input -> its current token
-    schedule = merge_schedule(len(free), k - n_fixed, r)
-    for t, step_r in enumerate(schedule):
-        step = bipartite_round(weighted, step_r)
-        m = int(step.max()) + 1
-        new_first = np.full(m, np.iinfo(np.int64).max)
-        np.minimum.at(new_first, step, first)
-        relabel = np.empty(m, np.int64)
-        relabel[np.argsort(new_first, kind="stable")] = np.arange(m)  # back to reading order
-        step = relabel[step]
-        first = np.sort(new_first)
-        assign = step[assign]
-        if t + 1 < len(schedule):  # group sums as a sparse product (np.add.at is ~30x slower here)
-            member = sparse.csr_matrix((np.ones(len(step), np.float32), (step, np.arange(len(step)))),
-                                       shape=(m, len(step)))
-            weighted = np.asarray(member @ weighted)
+    assign, m = _merge_rounds(weighted, np.zeros(len(free), bool), k - n_fixed, r)
+    first = np.full(m, np.iinfo(np.int64).max)
+    np.minimum.at(first, assign, free)
     # protected tokens join as singletons; all outputs numbered by their smallest input index
     group_first = np.concatenate([first, np.flatnonzero(fixed)])
     token = np.empty(n, np.int64)
     token[free] = assign
-    token[fixed] = len(first) + np.arange(n_fixed)
+    token[fixed] = m + np.arange(n_fixed)
     out_rank = np.empty(len(group_first), np.int64)
     out_rank[np.argsort(group_first, kind="stable")] = np.arange(len(group_first))
     return Reduction(out_rank[token])

@@ -12,8 +12,12 @@ fewer tokens. Its parts, here:
   merged token gets the attention weight of the tokens it replaced. It is passed to the block's own
   attention as an additive mask, so the model's attention kernel (``sdpa`` or eager) does the work;
 * protected tokens: the CLS token and any register tokens (the first ``1 + registers`` of the sequence) never
-  merge; the patch tokens that follow are split alternately into A and B. At most ``floor(n / 2)`` of the
-  ``n`` patch tokens merge in one block (``r`` is capped there: :func:`merged_count`);
+  merge. As in the paper's code (``bipartite_soft_matching`` in facebookresearch/ToMe), the whole sequence is
+  split alternately into A (positions 0, 2, 4, ...) and B (1, 3, 5, ...), the protected tokens included: a
+  protected A token's scores are ``-inf`` (it never merges; ToMe does this for CLS) and so are those toward a
+  protected B token (it never receives a merge; ToMe does this for DeiT's distillation token). With CLS only,
+  patches 2, 4, ... (sequence positions) are on side A. At most ``floor(n / 2)`` of the ``n`` patch tokens merge
+  in one block (``r`` is capped there: :func:`merged_count`);
 * the source map: :attr:`ToMeHandle.source` ``(B, P)`` says, after each forward, which output patch token
   (counted after the protected ones) each of the ``P`` input patches ended in; :attr:`ToMeHandle.size` the
   size of each. After a merge, the remaining tokens keep their relative order (a merged group sits where
@@ -105,16 +109,20 @@ def bipartite_merge(x: Any, metric: Any, size: Any, protected: int, r: int) -> t
     n = t - protected
     if not 0 <= r <= n // 2:
         raise ValueError(f"r={r} merges: at most floor({n} / 2) = {n // 2} of {n} tokens can merge in one step")
-    unit = metric[:, protected:]
-    unit = unit / unit.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    # ToMe's split alternates over the whole sequence, protected tokens included (CLS at 0 is on side A); a
+    # protected A token's row and a protected B token's column score -inf, so they neither merge nor receive
+    unit = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     scores = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # (B, |A|, |B|) cosine
+    scores[:, : (protected + 1) // 2] = float("-inf")  # protected A tokens: positions 0, 2, ... < protected
+    scores[:, :, : protected // 2] = float("-inf")  # protected B tokens: positions 1, 3, ... < protected
     best, partner = scores.max(dim=-1)  # ties: the first maximum
     merged = torch.argsort(best, dim=-1, descending=True, stable=True)[:, :r]  # A indices with the top links
-    keep = torch.ones(b, n, dtype=torch.bool, device=x.device)
+    keep = torch.ones(b, t, dtype=torch.bool, device=x.device)
     keep.scatter_(1, 2 * merged, False)
     position = keep.long().cumsum(1) - 1  # new index of each remaining token (relative order kept)
     target = 2 * partner.gather(1, merged) + 1  # the B token each merged A token joins
-    assign = position.scatter(1, 2 * merged, position.gather(1, target))
+    # protected tokens stay first (never removed, nothing before them), so patch outputs start at `protected`
+    assign = (position.scatter(1, 2 * merged, position.gather(1, target)) - protected)[:, protected:]
     merged_x, new_size = group_mean(x[:, protected:], assign, size, n - r)
     return torch.cat([x[:, :protected], merged_x], dim=1), new_size, assign
 
