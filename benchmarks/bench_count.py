@@ -22,6 +22,9 @@ import io
 import os
 import platform
 import random
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -115,6 +118,27 @@ def million(n: int) -> tuple[float, float]:
     return seconds, peak
 
 
+def startup(files: list[Path], runs: int = 11) -> list[tuple[str, float]]:
+    """Median wall seconds of CLI runs, with a bare interpreter (the floor every command pays) as the peer."""
+    vistok_bin = str(Path(sys.executable).with_name("vistok"))
+    commands = {
+        "python -c pass (peer: interpreter alone)": [sys.executable, "-c", "pass"],
+        "vistok --help": [vistok_bin, "--help"],
+        "vistok count ONE.jpg -m llava-1.5-7b": [vistok_bin, "count", str(files[0]), "-m", MODELS[0]],
+        f"vistok count FOLDER ({len(files):,} files) -m 3 models --summary-only":
+            [vistok_bin, "count", str(files[0].parent), *sum((["-m", m] for m in MODELS), []), "--summary-only"],
+    }
+    out = []
+    for name, argv in commands.items():
+        times = []
+        for _ in range(runs if "FOLDER" not in name else 3):
+            t0 = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            times.append(time.perf_counter() - t0)
+        out.append((name, statistics.median(times)))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=10_000)
@@ -174,6 +198,11 @@ def main() -> None:
           f"{'met' if target >= 1.7 else 'NOT met'}")
     report = count_stream([folder], MODELS)
     print("tokens over the folder: " + ", ".join(f"{r['model']} {r['total_tokens']:,}" for r in report.summary()))
+    print("\nCLI start-up (median wall seconds; goal: under 0.3 s)")
+    timed = startup(files)
+    floor = timed[0][1]
+    for name, seconds in timed:
+        print(f"  {name:<62} {seconds:6.3f} s  {seconds / floor:5.1f}x the interpreter")
     if args.stream_sizes:
         seconds, peak = million(args.stream_sizes)
         print(f"count_stream over {args.stream_sizes:,} sizes, 3 models: {seconds:.1f}s "

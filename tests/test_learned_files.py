@@ -182,13 +182,13 @@ def test_a_truncated_model_file_is_reported_as_damaged_not_missing(killed, tmp_p
     run = _copy(killed, tmp_path / "run")
     data = (run / MODEL_FILE).read_bytes()
     (run / MODEL_FILE).write_bytes(data[: len(data) // 2])
-    message = f"{re.escape(str(run / MODEL_FILE))} is truncated or corrupt"
+    message = f"{re.escape(str(run / MODEL_FILE))}: truncated safetensors file"
     with pytest.raises(ValueError, match=message):
         vistok.load(run).check()
     with pytest.raises(ValueError, match=message):
         vistok.load(run / MODEL_FILE).check()
     result = CliRunner().invoke(app, ["tokenize", str(sample_images()[0]), "-t", str(run)])
-    assert result.exit_code != 0 and "truncated or corrupt" in _one_line(result.output)
+    assert result.exit_code != 0 and "truncated safetensors file" in _one_line(result.output)
     assert "neither" not in result.output and "Traceback" not in result.output
 
 

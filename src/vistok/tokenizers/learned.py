@@ -70,9 +70,9 @@ def _header(file: Path) -> dict[str, Any]:
         with safe_open(os.fspath(file), framework="numpy") as handle:
             return json.loads((handle.metadata() or {}).get("vistok_weights", "null")) or {}
     except (SafetensorError, OSError, ValueError) as err:
-        from vistok.weights import unreadable_weights
+        from vistok.weights.checkpoints import unreadable
 
-        raise unreadable_weights(file, err) from None
+        raise unreadable(file, err) from None
 
 
 def is_learned_model(path: str | os.PathLike) -> bool:
@@ -247,7 +247,7 @@ def create_learned(**options: Any) -> LearnedTokenizer:
 
 @register_tokenizer(
     "fsq-fmnist", kind="hard", decodable=True, config=FsqFmnistConfig, learned=True,
-    weights="bundled (trained on Fashion-MNIST with `vistok train`, float16, README has the command)",
+    weights="bundled (trained on Fashion-MNIST with `vistok train`, float16, docs/learned.md has the command)",
     description="FSQ 8,5,5,5 autoencoder (1000 codes), factor 4: 28x28 grey -> 7x7 ids",
 )
 def create_fsq_fmnist(**options: Any) -> LearnedTokenizer:
@@ -256,7 +256,7 @@ def create_fsq_fmnist(**options: Any) -> LearnedTokenizer:
 
 @register_tokenizer(
     "fsq-natural64", kind="hard", decodable=True, config=FsqNatural64Config, learned=True,
-    weights="bundled (trained on 64x64 crops of the offline sample photos, float16, README has the command)",
+    weights="bundled (trained on 64x64 crops of the offline sample photos, float16, docs/learned.md has the command)",
     description="FSQ autoencoder, factor 4, trained on photo crops: 64x64 -> 16x16 ids, any size",
 )
 def create_fsq_natural64(**options: Any) -> LearnedTokenizer:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bundled", "read_weights", "write_weights", "unreadable_weights", "state_dict_mismatch"]
+__all__ = ["bundled", "read_weights", "write_weights", "state_dict_mismatch"]
 
 
 def bundled(filename: str) -> Path:
@@ -52,18 +52,13 @@ def read_weights(path: str | os.PathLike, expected_kind: str) -> tuple[dict[str,
             info = json.loads((handle.metadata() or {}).get("vistok_weights", "null"))
             arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as err:
-        raise unreadable_weights(path, err) from None
+        from vistok.weights.checkpoints import unreadable
+
+        raise unreadable(path, err) from None
     if not isinstance(info, dict) or info.get("kind") != expected_kind:
         found = info.get("kind") if isinstance(info, dict) else None
         raise ValueError(f"{path}: holds {found or 'no vistok'} weights, expected {expected_kind!r} weights")
     return arrays, info
-
-
-def unreadable_weights(path: str | os.PathLike, err: Exception) -> ValueError:
-    """The one-line error for a weights file that safetensors cannot read (cut short, or not safetensors)."""
-    reason = " ".join(str(err).split())
-    return ValueError(f"{os.fspath(path)} is truncated or corrupt, not a readable safetensors file ({reason}); "
-                      "write it again or restore a complete copy")
 
 
 def state_dict_mismatch(expected: dict[str, Any], state: dict[str, Any], side: str = "checkpoint") -> str | None:
