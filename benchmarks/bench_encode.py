@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = {
             "samples": samples,
             f"12 MP JPEG ({BIG_SIZE[0]}x{BIG_SIZE[1]})": [big],
-            f"mixed JPEGs + 12 MP": mixed,
+            "mixed JPEGs + 12 MP": mixed,
         }
         out.text("")
         for label, paths in sets.items():

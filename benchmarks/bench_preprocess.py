@@ -176,7 +176,7 @@ def measure(sides: dict, paths: Sequence[Path], batch: int, passes: int, stat: s
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     reference = (results["HF slow (PIL)"]["output"] * std + mean) * 255
-    for name, r in results.items():
+    for r in results.values():
         seconds = min(r["times"]) if stat == "best" else statistics.median(r["times"])
         r["rate"] = len(paths) / seconds
         diff = ((r["output"] * std + mean) * 255 - reference).abs()
@@ -196,7 +196,10 @@ def table(rows: list[list[str]], header: list[str], markdown: bool) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-    fmt = lambda r: "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
 
 

@@ -13,7 +13,6 @@ def tokenizer_options(tmp_path_factory):
     on a different checkpoint type): tiny random checkpoints built here. A new tokenizer that needs a model
     fails the registry-wide tests until it gets an entry."""
     from tiny_models import tiny_dinov2_folder, tiny_hf_folder, tiny_vae_folder
-
     from vistok.weights import bundled
 
     root = tmp_path_factory.mktemp("registry-models")

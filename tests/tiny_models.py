@@ -104,8 +104,13 @@ DINOV2 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_att
 def tiny_dinov2_folder(folder: Path, registers: int = 0, seed: int = 0, size: int = 48) -> Path:
     """A tiny random ``Dinov2Model`` (or ``Dinov2WithRegistersModel``) with a ``BitImageProcessor`` (shortest
     edge ``size``, centre crop ``size``), as DINOv2 checkpoints on the hub ship."""
-    from transformers import (BitImageProcessor, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig,
-                              Dinov2WithRegistersModel)
+    from transformers import (
+        BitImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
 
     torch.manual_seed(seed)
     if registers:
