@@ -134,11 +134,39 @@ def test_visionzip_hand_worked():
     x = np.arange(16, dtype=np.float64).reshape(8, 2) ** 2
     out = reduce(tokens(x, cls_attention=attention, keys=keys), "visionzip", keep=4, contextual=2)
     assert members(out) == [[1], [7], [0, 2, 5], [3, 4, 6]]
-    np.testing.assert_allclose(out.values, [x[1], x[7], x[[0, 2, 5]].mean(0), x[[3, 4, 6]].mean(0)])
+    # the official code: each contextual token is its target plus the mean of the tokens that joined it
+    np.testing.assert_allclose(out.values, [x[1], x[7], x[0] + x[[2, 5]].mean(0), x[4] + x[[3, 6]].mean(0)])
     assert out.sizes.tolist() == [1, 1, 3, 3]
+    mean = reduce(tokens(x, cls_attention=attention, keys=keys), "visionzip", keep=4, contextual=2,
+                  contextual_merge="mean")
+    assert members(mean) == members(out) and mean.sizes.tolist() == [1, 1, 3, 3]
+    np.testing.assert_allclose(mean.values, [x[1], x[7], x[[0, 2, 5]].mean(0), x[[3, 4, 6]].mean(0)])
     # the default split (10/64 contextual) gives 1 contextual token of 4: dominant 7, 1, 3 then all the rest
     out = reduce(tokens(x, cls_attention=attention, keys=keys), "visionzip", keep=4)
     assert members(out) == [[1], [3], [7], [0, 2, 4, 5, 6]]
+
+
+def test_visionzip_contextual_token_is_target_plus_mean_of_joined():
+    # x0 = [1, 0] is the one contextual target (the first remaining token), x1 = [0, 2] and x2 = [0, 4] join it;
+    # x3 is the dominant token. Official: [1, 0] + mean([0, 2], [0, 4]) = [1, 3]; "mean": [0.33, 2].
+    x = np.array([[1.0, 0.0], [0.0, 2.0], [0.0, 4.0], [5.0, 5.0]])
+    t = tokens(x, cls_attention=[0.1, 0.2, 0.3, 0.9])
+    out = reduce(t, "visionzip", keep=2, contextual=1)
+    np.testing.assert_allclose(out.values, [[5, 5], [1, 3]])
+    assert out.source.tolist() == [1, 1, 1, 0] and out.sizes.tolist() == [1, 3]
+    np.testing.assert_allclose(reduce(t, "visionzip", keep=2, contextual=1, contextual_merge="mean").values,
+                               [[5, 5], [1 / 3, 2]])
+    # sizes weigh the joined tokens' mean: x2 standing for 3 patches -> [1, 0] + (2 + 3 * 4) / 4 in y
+    sized = Tokens(x, source=np.array([0, 1, 2, 2, 2, 3]), base_grid=(1, 6), extras={"cls_attention":
+                                                                                      np.array([.1, .2, .3, .9])})
+    np.testing.assert_allclose(reduce(sized, "visionzip", keep=2, contextual=1).values, [[5, 5], [1, 3.5]])
+    # a target that nothing joins stays as it is
+    # keep 3 with 2 contextual: dominant 3; targets 0 and 1 (step 3 // 2 = 1); 2 joins 1, nothing joins 0
+    alone = reduce(t, "visionzip", keep=3, contextual=2)
+    assert members(alone) == [[3], [0], [1, 2]]
+    np.testing.assert_allclose(alone.values, [[5, 5], [1, 0], [0, 6]])
+    with pytest.raises(ValueError, match="contextual_merge must be 'add'"):
+        reduce(t, "visionzip", keep=2, contextual=1, contextual_merge="sum")
 
 
 def test_visionzip_paper_split():
@@ -157,8 +185,14 @@ def test_visionzip_matches_reference(n, data):
     out = reduce(tokens(x, cls_attention=attention, keys=keys), "visionzip", keep=k, contextual=c)
     assert len(out) == k
     assert out.source.tolist() == ref_visionzip(attention.tolist(), keys.tolist(), k, c)
-    groups = members(out)
-    np.testing.assert_allclose(out.values, [x[g].mean(0) for g in groups])
+    groups = members(out)  # k - c dominant tokens alone, then the contextual groups in their targets' order
+    rest = sorted(i for g in groups[k - c:] for i in g)
+    targets = rest[::max(1, len(rest) // c)][:c] if c else []
+    expected = [x[g].mean(0) for g in groups[:k - c]]
+    for target, g in zip(targets, groups[k - c:]):
+        joined = [i for i in g if i != target]
+        expected.append(x[target] + (x[joined].mean(0) if joined else 0))
+    np.testing.assert_allclose(out.values, expected)
 
 
 def test_visionzip_signals():
@@ -316,7 +350,9 @@ def test_invariants_and_chaining(rows, cols, method, data):
         assert (out.sizes >= 1).all()  # every output stands for at least one base patch
         assert np.isfinite(out.values).all()
     if method == "visionzip":
-        # a merge of everything (unless all outputs are dominant): each token is the mean of its base patches
+        # with contextual_merge="mean", a merge of everything: each token is the mean of its base patches
+        first = reduce(t, method, keep=k1, contextual_merge="mean")
+        second = reduce(first, method, keep=k2, contextual_merge="mean")
         for out in (first, second):
             for j in range(len(out)):
                 np.testing.assert_allclose(out.values[j], x[out.source == j].mean(0), rtol=1e-5, atol=1e-5)
