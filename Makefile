@@ -59,6 +59,7 @@ bench: $(BIN)/python
 	$(BIN)/python benchmarks/reduce_speed.py
 	$(BIN)/python benchmarks/learned_rd.py --plot docs/learned-rd.png
 	$(BIN)/python benchmarks/regions_ap.py
+	$(BIN)/python benchmarks/bench_fit_codebook.py
 
 clean:
 	rm -rf $(VENV) vistok-demo .pytest_cache .hypothesis
