@@ -108,6 +108,24 @@ def ref_merge(x, attention, keys, kept, nb):
     return assign, values
 
 
+def ref_official(x, attention, keys, kept, nb):
+    """The official PruMerge merge, re-derived: each kept token adds its nb most key-similar other tokens (kept
+    or pruned; ties: the earlier) weighted by their attention, unnormalised; one extra token, the
+    attention-weighted sum of the pruned tokens, comes last and stands for them."""
+    n = len(attention)
+    kept = sorted(kept)
+    pruned = [i for i in range(n) if i not in kept]
+    assign = [len(kept)] * n
+    values = []
+    for out, p in enumerate(kept):
+        assign[p] = out
+        near = sorted((j for j in range(n) if j != p), key=lambda j: (-cosine(keys[p], keys[j]), j))[:nb]
+        values.append([v + sum(attention[j] * x[j][d] for j in near) for d, v in enumerate(x[p])])
+    if pruned:
+        values.append([sum(attention[j] * x[j][d] for j in pruned) for d in range(len(x[0]))])
+    return assign, values
+
+
 def ref_iqr(scores) -> list[int]:
     """Q3 + 1.5 IQR outliers, quartiles by linear interpolation between order statistics."""
     s = sorted(scores)
@@ -224,41 +242,78 @@ X = np.arange(24, dtype=np.float64).reshape(8, 3) % 7 + np.arange(8)[:, None]
 def test_iqr_outliers_hand_worked():
     assert iqr_outliers(np.array(ATTENTION)).tolist() == [6, 7]
     assert uniform_samples(24, 2).tolist() == [0, 4, 8, 12, 16, 20]  # step (24 // 2) // 3 = 4
-    assert uniform_samples(8, 2).tolist() == list(range(8))  # step (8 // 2) // 3 = 1
+    assert uniform_samples(8, 2).tolist() == list(range(7))  # step (8 // 2) // 3 = 1; never the last token
+    # the official code samples arange(0, 575, step) for 576 patches: index N - 1 is never a sample
+    assert uniform_samples(25, 2).tolist() == [0, 4, 8, 12, 16, 20]  # step (25 // 2) // 3 = 4; not 24
+    assert uniform_samples(576, 36)[-1] == 570  # step (576 // 36) // 3 = 5: 575 would be next
 
 
 def test_prumerge_hand_worked():
     # adaptive: keep 6 and 7. With 2 neighbours, 6 picks pruned 0 (cos 10 deg) and 1 (cos 50); 7 picks 2 (cos 10)
     # and 1 (cos 40). Token 1 is nearer 7 (40 < 50 deg), so 6 gets {0}, 7 gets {1, 2}; 3, 4, 5 are dropped.
     t = tokens(X, cls_attention=ATTENTION, keys=KEYS)
-    out = reduce(t, "prumerge", adaptive=True, neighbours=2)
+    out = reduce(t, "prumerge", adaptive=True, neighbours=2, merge="partition")
     assert out.source.tolist() == [0, 1, 1, -1, -1, -1, 0, 1]
     assert out.sizes.tolist() == [2, 3]
     np.testing.assert_allclose(out.values, [(X[6] + 0.01 * X[0]) / 1.01, (X[7] + 0.02 * X[1] + 0.03 * X[2]) / 1.05])
     assert out.meta["reductions"][-1]["adaptive"] is True
     # keep=3: the top 3 by attention (6, 7 and the next, 5)
-    out = reduce(t, "prumerge", keep=3, neighbours=2)
+    out = reduce(t, "prumerge", keep=3, neighbours=2, merge="partition")
     assert out.source[[5, 6, 7]].tolist() == [0, 1, 2]
     # with no neighbours it is a plain selection of the kept tokens
-    out = reduce(t, "prumerge", keep=3, neighbours=0)
+    out = reduce(t, "prumerge", keep=3, neighbours=0, merge="partition")
     assert out.source.tolist() == [-1, -1, -1, -1, -1, 0, 1, 2]
     np.testing.assert_allclose(out.values, X[[5, 6, 7]])
+
+
+def test_prumerge_official_hand_worked():
+    # the official merge, adaptive: kept 6 (0 deg) and 7 (90 deg). Each adds its 2 key-nearest other tokens,
+    # kept or pruned, weighted by attention, unnormalised: 6 takes 0 (10 deg) and 1 (50 deg); 7 takes 2 (10 deg)
+    # and 1 (40 deg), so 1 feeds both. The extra token is the attention-weighted sum of the pruned 0..5.
+    a = np.array(ATTENTION)
+    t = tokens(X, cls_attention=ATTENTION, keys=KEYS)
+    out = reduce(t, "prumerge", adaptive=True, neighbours=2)
+    assert out.source.tolist() == [2, 2, 2, 2, 2, 2, 0, 1] and out.sizes.tolist() == [1, 1, 6]
+    extra = a[:6] @ X[:6]
+    np.testing.assert_allclose(out.values, [X[6] + 0.01 * X[0] + 0.02 * X[1], X[7] + 0.03 * X[2] + 0.02 * X[1],
+                                            extra])
+    # with every other token as a neighbour, a kept token absorbs the other kept one too
+    out = reduce(t, "prumerge", adaptive=True, neighbours=7)
+    np.testing.assert_allclose(out.values[:2], [X[6] + a @ X - a[6] * X[6], X[7] + a @ X - a[7] * X[7]])
+    # keep=K counts the extra token: keep=3 keeps the top 2 (6, 7); keep=1 is the extra token alone
+    assert reduce(t, "prumerge", keep=3, neighbours=0).source.tolist() == [2, 2, 2, 2, 2, 2, 0, 1]
+    one = reduce(t, "prumerge", keep=1)
+    assert one.source.tolist() == [0] * 8
+    np.testing.assert_allclose(one.values, [a @ X])
+    # PruMerge+ adds the same extra token: keep=4 keeps 3 (outliers 6, 7 and the middle of 0..5, token 3)
+    plus = reduce(t, "prumerge+", keep=4, neighbours=0)
+    assert plus.source.tolist() == [3, 3, 3, 0, 3, 3, 1, 2]
+    np.testing.assert_allclose(plus.values, [X[3], X[6], X[7], a[[0, 1, 2, 4, 5]] @ X[[0, 1, 2, 4, 5]]])
+    # nothing pruned (adaptive PruMerge+ sampled every token): no extra token
+    assert len(reduce(t, "prumerge+", adaptive=True)) == 8
+    with pytest.raises(ValueError, match="merge must be 'official'"):
+        reduce(t, "prumerge", keep=3, merge="normalised")
 
 
 def test_prumerge_plus_hand_worked():
     t = tokens(X, cls_attention=ATTENTION, keys=KEYS)
     # keep=4: outliers 6, 7, plus 2 evenly spaced over the others [0..5]: positions floor(1.5) = 1, floor(4.5) = 4
-    out = reduce(t, "prumerge+", keep=4, neighbours=0)
+    out = reduce(t, "prumerge+", keep=4, neighbours=0, merge="partition")
     assert np.flatnonzero(out.source >= 0).tolist() == [1, 4, 6, 7]
     # keep=1 < 2 outliers: the top one
-    assert np.flatnonzero(reduce(t, "prumerge+", keep=1, neighbours=0).source >= 0).tolist() == [6]
+    assert np.flatnonzero(reduce(t, "prumerge+", keep=1, neighbours=0, merge="partition").source >= 0).tolist() == [6]
     # adaptive on 8 tokens with 2 outliers samples every token
     assert len(reduce(t, "prumerge+", adaptive=True)) == 8
     # adaptive on 24 tokens: outliers 5 and 17, samples 0, 4, 8, ..., 20
     attention = np.full(24, 0.01)
     attention[[5, 17]] = [0.3, 0.2]
-    out = reduce(tokens(np.eye(24), cls_attention=attention), "prumerge+", adaptive=True, neighbours=0)
+    out = reduce(tokens(np.eye(24), cls_attention=attention), "prumerge+", adaptive=True, neighbours=0,
+                 merge="partition")
     assert np.flatnonzero(out.source >= 0).tolist() == [0, 4, 5, 8, 12, 16, 17, 20]
+    # 25 tokens: the same samples (the last token, 24, is never one), then the extra token for the rest
+    attention = np.append(attention, 0.01)
+    out = reduce(tokens(np.eye(25), cls_attention=attention), "prumerge+", adaptive=True, neighbours=0)
+    assert (out.source < 8).nonzero()[0].tolist() == [0, 4, 5, 8, 12, 16, 17, 20] and out.source[24] == 8
 
 
 def test_ties_go_to_the_earlier_token():
@@ -269,39 +324,44 @@ def test_ties_go_to_the_earlier_token():
     assert out.source.tolist() == [1, 0, 1, 2, 2]  # rest [0, 2, 3, 4], step 2: targets 0 and 3; 4 is nearer 3
     # prumerge: kept token 0 ranks pruned 1, 2, 3 (equal keys) by index, so 1 and 2 join it and 3 is dropped
     keys = np.array([[1.0, 0], [1, 1], [1, 1], [1, 1]])
-    out = reduce(tokens(x[:4], cls_attention=[0.7, 0.1, 0.1, 0.1], keys=keys), "prumerge", keep=1, neighbours=2)
+    out = reduce(tokens(x[:4], cls_attention=[0.7, 0.1, 0.1, 0.1], keys=keys), "prumerge", keep=1, neighbours=2,
+                 merge="partition")
     assert out.source.tolist() == [0, 0, 0, -1]
     # and a pruned token chosen by two kept tokens at equal similarity joins the earlier one
     keys = np.array([[1.0, 0], [0, 1], [1, 1], [-1, -1]])
-    out = reduce(tokens(x[:4], cls_attention=[0.4, 0.4, 0.1, 0.1], keys=keys), "prumerge", keep=2, neighbours=1)
+    out = reduce(tokens(x[:4], cls_attention=[0.4, 0.4, 0.1, 0.1], keys=keys), "prumerge", keep=2, neighbours=1,
+                 merge="partition")
     assert out.source.tolist() == [0, 1, 0, -1]
 
 
 @SETTINGS
-@given(n=st.integers(6, 12), method=st.sampled_from(["prumerge", "prumerge+"]), data=st.data())
-def test_prumerge_matches_reference(n, method, data):
+@given(n=st.integers(6, 12), method=st.sampled_from(["prumerge", "prumerge+"]),
+       merge=st.sampled_from(["official", "partition"]), data=st.data())
+def test_prumerge_matches_reference(n, method, merge, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     adaptive = data.draw(st.booleans())
-    k = None if adaptive else data.draw(st.integers(1, n))
+    k = None if adaptive else data.draw(st.integers(2 if merge == "official" else 1, n))
     nb = data.draw(st.integers(0, n))
     x, keys = rng.normal(size=(n, 3)), rng.normal(size=(n, 4))
     attention = rng.random(n) ** 4  # skewed, so some tokens are IQR outliers
     size = {"adaptive": True} if adaptive else {"keep": k}
-    out = reduce(tokens(x, cls_attention=attention, keys=keys), method, neighbours=nb, **size)
-    # the kept set, re-derived
+    out = reduce(tokens(x, cls_attention=attention, keys=keys), method, neighbours=nb, merge=merge, **size)
+    # the kept set, re-derived (the official merge keeps one fewer: its extra token is the K-th output)
+    k = k - 1 if k is not None and merge == "official" else k
     outliers = ref_iqr(attention.tolist())
     if adaptive:
         kept = outliers or top(attention.tolist(), 1)
         if method == "prumerge+":
             step = max(1, (n // len(kept)) // 3)
-            kept = sorted(set(kept) | set(range(0, n, step)))
+            kept = sorted(set(kept) | set(range(0, n - 1, step)))
     elif method == "prumerge" or len(outliers) >= k:
         kept = top(attention.tolist(), k)
     else:
         rest = [i for i in range(n) if i not in outliers]
         fill = k - len(outliers)
         kept = outliers + [rest[math.floor((i + 0.5) * len(rest) / fill)] for i in range(fill)]
-    assign, values = ref_merge(x.tolist(), attention.tolist(), keys.tolist(), kept, nb)
+    ref = ref_official if merge == "official" else ref_merge
+    assign, values = ref(x.tolist(), attention.tolist(), keys.tolist(), kept, nb)
     assert out.source.tolist() == assign
     np.testing.assert_allclose(out.values, values, rtol=1e-9, atol=1e-12)
 
@@ -320,6 +380,8 @@ def test_prumerge_adaptive_and_options():
             reduce(tokens(X, cls_attention=np.array(ATTENTION) - 0.1), method, keep=2)
     # no outlier at all (flat attention): the adaptive count falls back to the top token
     out = reduce(tokens(X, cls_attention=np.full(8, 0.125)), "prumerge", adaptive=True)
+    assert len(out) == 2 and out.source.tolist() == [0] + [1] * 7  # and the extra token
+    out = reduce(tokens(X, cls_attention=np.full(8, 0.125)), "prumerge", adaptive=True, merge="partition")
     assert len(out) == 1 and out.source[0] == 0
     # keys absent: the token vectors stand in; (N, H) attention is averaged over heads
     heads = np.stack([np.array(ATTENTION) * 0.5, np.array(ATTENTION) * 1.5], axis=1)
@@ -360,9 +422,15 @@ def test_invariants_and_chaining(rows, cols, method, data):
         firsts = [np.flatnonzero(first.source == j)[0] for j in range(dominant)]
         assert firsts == sorted(firsts)  # dominant tokens keep the input order
     else:
-        # the kept tokens are those of the plain selection (no neighbours), and outputs follow their input order
-        kept = np.flatnonzero(reduce(t, method, keep=k1, neighbours=0).source >= 0)
-        assert first.source[kept].tolist() == list(range(k1))
+        # the kept tokens (k1 - 1: the extra token is the last output) are those of the plain selection, in input
+        # order; the extra token stands for every other token
+        kept = np.flatnonzero(reduce(t, method, keep=k1 - 1, neighbours=0, merge="partition").source >= 0) \
+            if k1 > 1 else np.array([], int)
+        assert first.source[kept].tolist() == list(range(k1 - 1))
+        assert (np.delete(first.source, kept) == k1 - 1).all() and first.sizes.sum() == n
+        partition = reduce(t, method, keep=k1, merge="partition")
+        kept = np.flatnonzero(reduce(t, method, keep=k1, neighbours=0, merge="partition").source >= 0)
+        assert partition.source[kept].tolist() == list(range(k1))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -399,6 +467,6 @@ def test_real_tokens(focus_tokens):
         again = reduce(out, method, ratio=0.5)  # the extras (attention, keys) were reduced along
         assert len(again) == round(len(out) / 2)
     assert reduce(t, "visionzip", ratio=0.25).sizes.sum() == n
-    assert len(reduce(t, "prumerge", adaptive=True)) == len(outliers)
+    assert len(reduce(t, "prumerge", adaptive=True)) == len(outliers) + 1  # and the extra token
     plus = reduce(t, "prumerge+", adaptive=True)
     assert len(outliers) < len(plus) < n

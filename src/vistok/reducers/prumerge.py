@@ -7,30 +7,37 @@ Shang et al., "LLaVA-PruMerge: Adaptive Token Reduction for Efficient Large Mult
 1. **Prune.** Attention from CLS ``a`` (``cls_attention`` ``(N,)``; ``(N, H)`` is averaged over heads) is
    sparse, and the tokens worth keeping are its outliers by the interquartile-range rule:
    ``a > Q3 + 1.5 * (Q3 - Q1)`` (quartiles with linear interpolation, as ``np.percentile``). Their count ``m``
-   adapts to the image. **PruMerge+** adds spatially uniform tokens, as its official code does: every
-   ``max(1, (N // m) // 3)``-th token in reading order, which is about three uniform tokens per outlier.
-2. **Merge.** Each kept token ``p`` finds its ``neighbours`` (default 32, the official code's ``k``) most
-   key-similar pruned tokens (cosine of the keys, as the official code normalises them); a pruned token chosen
-   by several kept tokens joins the most similar of them (ties: the earlier), one chosen by none is dropped.
-   The kept token becomes ``y'_p = (y_p + sum_j a_j y_j) / (1 + sum_j a_j)`` over the tokens ``j`` that
-   joined it, with ``a`` normalised to sum to 1 over the input tokens: the official code's update of the
-   cluster centre (``y_p`` plus its neighbours weighted by their CLS attention), divided by its total weight
-   so the output stays on the scale of the tokens.
+   adapts to the image. **PruMerge+** adds spatially uniform tokens, as its official code does
+   (``token_prune_merge_advanced_plus`` in 42Shawn/LLaVA-PruMerge): every ``max(1, (N // m) // 3)``-th index of
+   ``arange(0, N - 1)`` (the official code samples ``arange(0, 575, step)`` for its 576 patches, so the last
+   patch is never a sample), which is about three uniform tokens per outlier.
+2. **Merge** (``merge="official"``, the default, as the official code's inference path). Each kept token
+   ``p`` takes its ``neighbours`` (default 32, the official ``k``) most key-similar other tokens, kept or
+   pruned (cosine of the keys, as the official code normalises them; ties: the earlier token), and becomes
+   ``y'_p = y_p + sum_j a_j y_j`` over them, with ``a`` the CLS attention as given (the official code uses the
+   softmax row, unnormalised). One more token is appended after the kept ones: the attention-weighted sum of
+   every pruned token, ``sum_{j pruned} a_j y_j`` (the official ``extra_one_token``, in both PruMerge and
+   PruMerge+). Provenance: each kept token stands for itself and the extra token for all pruned tokens (its
+   sum runs over exactly them); the neighbours a kept token absorbs are not recorded, since they may be
+   kept tokens or feed several outputs.
 
-**Keep count.** With ``keep=``/``ratio=`` the output count is exact: ``prumerge`` keeps the top ``K`` by CLS
-attention (all the IQR outliers and the next-highest tokens when ``K >= m``, the top ``K`` outliers when
-``K < m``); ``prumerge+`` keeps the outliers (the top ``K`` of them if ``K < m``) and fills the rest with
-``K - m`` tokens evenly spaced in reading order over the tokens that are not outliers. With ``adaptive=True``
-(and no keep/ratio) the IQR rule sets the count, as in the paper (at least one token: the top one, when no
-token is an outlier).
+   ``merge="partition"`` (vistok's earlier rule, so that every input maps to one output): neighbours are
+   searched among the pruned tokens only; a pruned token chosen by several kept tokens joins the most similar
+   of them (ties: the earlier), one chosen by none is dropped; ``a`` is normalised to sum to 1 and the update
+   is divided by its total weight, ``y'_p = (y_p + sum_j a_j y_j) / (1 + sum_j a_j)``, so outputs stay on the
+   scale of the tokens; there is no extra token.
 
-Differs from the paper, so that every input maps to one output (provenance stays a partition):
-neighbours are searched among the pruned tokens only (the official code also lets a kept token absorb other
-kept tokens, and one pruned token several kept tokens); the update is normalised (the official code adds the
-weighted neighbours unnormalised, and its LLaVA is fine-tuned on that); the official code's extra token (the
-attention-weighted sum of every pruned token) is left out; cosines are computed in float32. Keys come from
-``vit``/``focus-vit-s14`` with ``keys=True``; without them the token vectors stand in. Outputs are ordered by
-the input position of their kept token.
+**Keep count.** With ``keep=``/``ratio=`` the output count is exact (``K``), the extra token included in the
+default merge (so ``K - 1`` tokens are kept): ``prumerge`` keeps the top ones by CLS attention (all the IQR
+outliers and the next-highest tokens when there is room for them, the top outliers otherwise);
+``prumerge+`` keeps the outliers (the top ones if there are too many) and fills the rest with tokens evenly
+spaced in reading order over the tokens that are not outliers. With ``adaptive=True`` (and no keep/ratio)
+the IQR rule sets the count, as in the paper (at least one token: the top one, when no token is an outlier),
+plus the extra token when any token was pruned.
+
+Cosines are computed in float32. Keys come from ``vit``/``focus-vit-s14`` with ``keys=True``; without them
+the token vectors stand in. Outputs are ordered by the input position of their kept token (the official code
+orders them by attention), the extra token last.
 """
 
 from __future__ import annotations
@@ -55,8 +62,9 @@ def iqr_outliers(scores: np.ndarray) -> np.ndarray:
 
 def uniform_samples(n: int, m: int) -> np.ndarray:
     """PruMerge+'s spatial samples for ``m`` outliers of ``n`` tokens: every ``max(1, (n // m) // 3)``-th index
-    from 0 (the official code steps ``int(int(1 / ratio) / 3)`` with ``ratio = m / n``)."""
-    return np.arange(0, n, max(1, (n // max(m, 1)) // 3))
+    of ``0..n-2`` (the official code steps ``int(int(1 / ratio) / 3)`` with ``ratio = m / n`` over
+    ``arange(0, 575)`` for 576 patches: the last token is never sampled)."""
+    return np.arange(0, max(n - 1, 1), max(1, (n // max(m, 1)) // 3))
 
 
 def _unit_rows(m: np.ndarray) -> np.ndarray:
@@ -74,7 +82,13 @@ def _attention(signals: dict[str, Any]) -> np.ndarray:
     return scores
 
 
-def _check(k: int | None, adaptive: Any, neighbours: Any, name: str) -> None:
+MERGES = ("official", "partition")
+
+
+def _check(k: int | None, adaptive: Any, neighbours: Any, name: str, merge: Any = "official") -> None:
+    if merge not in MERGES:
+        raise ValueError(f"{name}: merge must be 'official' (the authors' update and extra token) or 'partition' "
+                         f"(every input in one output, normalised update), got {merge!r}")
     if adaptive not in (None, False, True):
         raise ValueError(f"{name}: adaptive must be True or False, got {adaptive!r}")
     if k is None and not adaptive:
@@ -123,37 +137,77 @@ def _merge(x: np.ndarray, kept: np.ndarray, scores: np.ndarray, signals: dict[st
     return Reduction(assign, values=values / norm[:, None])
 
 
+def _merge_official(x: np.ndarray, kept: np.ndarray, scores: np.ndarray, signals: dict[str, Any],
+                    neighbours: int) -> Reduction:
+    """The official merge for the kept indices: ``y_p + sum a_j y_j`` over each kept token's key-nearest other
+    tokens, then the extra token ``sum a_j y_j`` over the pruned ones (when any), last."""
+    n = len(scores)
+    kept = np.unique(kept)
+    k = len(kept)
+    assign = np.full(n, k, np.int64)  # pruned tokens: the extra token
+    assign[kept] = np.arange(k)
+    pruned = np.setdiff1d(np.arange(n), kept)
+    values = x[kept].copy()
+    neighbours = min(int(neighbours), n - 1)
+    if neighbours and k:
+        unit = _unit_rows(signals.get("keys", x))
+        similarity = unit[kept] @ unit.T  # (K, N) cosines of the keys
+        similarity[np.arange(k), kept] = -np.inf  # a token is not its own neighbour
+        chosen = _top_per_row(similarity, neighbours)
+        values += (chosen * scores[None, :]) @ x
+    if len(pruned):
+        values = np.vstack([values, scores[pruned] @ x[pruned]])
+    return Reduction(assign, values=values)
+
+
+def _kept_count(k: int | None, merge: str) -> int | None:
+    """Tokens to keep for ``k`` outputs: one fewer in the official merge, whose extra token is an output."""
+    return None if k is None else (k - 1 if merge == "official" else k)
+
+
+def _finish(x: np.ndarray, kept: np.ndarray, scores: np.ndarray, signals: dict[str, Any], neighbours: int,
+            merge: str) -> Reduction:
+    if merge == "official":
+        return _merge_official(x, kept, scores, signals, neighbours)
+    return _merge(x, kept, scores, signals, neighbours)
+
+
 @register_method(
     "prumerge", description="keep the IQR outliers of CLS attention (or the top-K) and merge their key-nearest "
                             "pruned tokens into them, weighted by attention",
     paper="Shang et al., LLaVA-PruMerge, ICCV 2025 (arXiv 2403.15388)", needs=("cls_attention",),
-    uses=("keys",), merges=True, averages=False, options=("neighbours",), sizing=("adaptive",),
+    uses=("keys",), merges=True, averages=False, options=("neighbours", "merge"), sizing=("adaptive",),
 )
 def prumerge(x: np.ndarray, k: int | None, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator,
-             adaptive: bool | None = None, neighbours: int = NEIGHBOURS) -> Reduction:
-    """``keep=K``/``ratio=r``: the top ``K`` by CLS attention, then merge; ``adaptive=True``: the IQR outliers."""
-    _check(k, adaptive, neighbours, "prumerge")
+             adaptive: bool | None = None, neighbours: int = NEIGHBOURS, merge: str = "official") -> Reduction:
+    """``keep=K``/``ratio=r``: the top ``K - 1`` by CLS attention (``K`` with ``merge="partition"``), then
+    merge; ``adaptive=True``: the IQR outliers. ``merge``: ``"official"`` (default) or ``"partition"``."""
+    _check(k, adaptive, neighbours, "prumerge", merge)
     scores = _attention(signals)
+    k = _kept_count(k, merge)
     if adaptive:
         kept = iqr_outliers(scores)
         kept = kept if len(kept) else top_k(scores, 1)
     else:
         kept = top_k(scores, k)
-    return _merge(x, kept, scores, signals, neighbours)
+    return _finish(x, kept, scores, signals, neighbours, merge)
 
 
 @register_method(
     "prumerge+", description="prumerge plus spatially uniform tokens: IQR outliers of CLS attention, topped up "
                              "with evenly spaced tokens, then key-neighbour merging",
     paper="Shang et al., LLaVA-PruMerge (PruMerge+), ICCV 2025 (arXiv 2403.15388)", needs=("cls_attention",),
-    uses=("keys",), merges=True, averages=False, options=("neighbours",), sizing=("adaptive",),
+    uses=("keys",), merges=True, averages=False, options=("neighbours", "merge"), sizing=("adaptive",),
 )
 def prumerge_plus(x: np.ndarray, k: int | None, sizes: np.ndarray, signals: dict[str, Any],
-                  rng: np.random.Generator, adaptive: bool | None = None, neighbours: int = NEIGHBOURS) -> Reduction:
-    """``keep=K``/``ratio=r``: the outliers (the top ``K`` of them at most), then ``K - m`` tokens evenly spaced
-    over the others; ``adaptive=True``: the outliers and every ``(N // m) // 3``-th token."""
-    _check(k, adaptive, neighbours, "prumerge+")
+                  rng: np.random.Generator, adaptive: bool | None = None, neighbours: int = NEIGHBOURS,
+                  merge: str = "official") -> Reduction:
+    """``keep=K``/``ratio=r``: ``K' = K - 1`` kept (``K`` with ``merge="partition"``): the outliers (the top
+    ``K'`` of them at most), then ``K' - m`` tokens evenly spaced over the others; ``adaptive=True``: the
+    outliers and every ``(N // m) // 3``-th token of ``0..N-2``."""
+    _check(k, adaptive, neighbours, "prumerge+", merge)
     scores = _attention(signals)
+    k = _kept_count(k, merge)
     n = len(scores)
     outliers = iqr_outliers(scores)
     if adaptive:
@@ -165,4 +219,4 @@ def prumerge_plus(x: np.ndarray, k: int | None, sizes: np.ndarray, signals: dict
         rest = np.setdiff1d(np.arange(n), outliers)
         fill = k - len(outliers)
         kept = np.union1d(outliers, rest[np.floor((np.arange(fill) + 0.5) * len(rest) / fill).astype(np.int64)])
-    return _merge(x, kept, scores, signals, neighbours)
+    return _finish(x, kept, scores, signals, neighbours, merge)
