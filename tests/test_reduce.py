@@ -200,12 +200,53 @@ def test_pool_is_a_weighted_block_mean():
     assert uneven.grid == (3, 4) and uneven.sizes.sum() == 24
     one = vistok.reduce(tokens, "pool", grid=1)
     np.testing.assert_allclose(one.values[0], tokens.values.mean(0), rtol=1e-5)
-    three = vistok.reduce(tokens, "pool", factor=3)  # ceil: 2 x 2 bins of 3x3, the last ones partial
+    three = vistok.reduce(tokens, "pool", factor=3)  # avg_pool2d: 1 x 2 whole 3x3 windows, row 3 dropped
+    assert three.grid == (1, 2) and list(three.sizes) == [9, 9] and (three.source[18:] == -1).all()
+    three = vistok.reduce(tokens, "pool", factor=3, bins="cover")  # ceil: 2 x 2 bins of 3x3, the last partial
     assert three.grid == (2, 2) and sorted(three.sizes) == [3, 3, 9, 9]
     with pytest.raises(ValueError, match="no r x c = 7 fits"):
         vistok.reduce(tokens, "pool", keep=7)
     with pytest.raises(ValueError, match="not both"):
         vistok.reduce(tokens, "pool", keep=6, factor=2)
+
+
+def test_pool_on_grids_it_does_not_divide_follows_avg_pool2d():
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    def pooled(t, window, ceil=False):  # what the originals run: F.avg_pool2d on the (1, D, rows, cols) grid
+        rows, cols = t.grid
+        grid = torch.from_numpy(t.values.reshape(rows, cols, -1)).permute(2, 0, 1)[None]
+        out = F.avg_pool2d(grid, window, ceil_mode=ceil)[0]
+        return out.permute(1, 2, 0).reshape(-1, grid.shape[1]).numpy(), tuple(out.shape[1:])
+
+    # 5x5, factor 2, by hand: 2x2 whole windows, row 4 and column 4 dropped
+    hand = vistok.Tokens(np.arange(25, dtype=np.float32).reshape(25, 1), grid=(5, 5))
+    out = vistok.reduce(hand, "pool", factor=2)
+    assert out.grid == (2, 2) and out.values.ravel().tolist() == [3, 5, 13, 15]
+    assert out.source.reshape(5, 5)[4].tolist() == [-1] * 5 and out.source.reshape(5, 5)[:, 4].tolist() == [-1] * 5
+    cover = vistok.reduce(hand, "pool", factor=2, bins="cover")  # 3x3, the last row/column of windows partial
+    assert cover.grid == (3, 3) and cover.values.ravel().tolist() == [3, 5, 6.5, 13, 15, 16.5, 20.5, 22.5, 24]
+    # a 27x27 SigLIP grid, LLaVA's 2x2: 13x13 (floor mode); bins="cover" is ceil mode, 14x14
+    t = vistok.Tokens(np.random.default_rng(0).normal(size=(27 * 27, 3)).astype(np.float32), grid=(27, 27))
+    for bins, ceil in (("windows", False), ("cover", True)):
+        out, (values, shape) = vistok.reduce(t, "pool", factor=2, bins=bins), pooled(t, 2, ceil)
+        assert out.grid == shape == ((13, 13) if not ceil else (14, 14))
+        np.testing.assert_allclose(out.values, values, rtol=1e-5, atol=1e-6)
+    # LLaMA-VID's grid:5 on 24x24: window 24 // 5 = 4, so 6x6 tokens; on 16x16: window 3, 5x5, row/col 15 dropped
+    for side, window, shape in ((24, 4, (6, 6)), (16, 3, (5, 5))):
+        t = vistok.Tokens(np.random.default_rng(side).normal(size=(side * side, 3)).astype(np.float32),
+                          grid=(side, side))
+        out = vistok.reduce(t, "pool", grid=5)
+        assert out.grid == shape == pooled(t, window)[1]
+        np.testing.assert_allclose(out.values, pooled(t, window)[0], rtol=1e-5, atol=1e-6)
+        even = vistok.reduce(t, "pool", grid=5, bins="cover")  # exactly 5x5, every patch in one bin
+        assert even.grid == (5, 5) and even.sizes.sum() == side * side
+    with pytest.raises(ValueError, match="bins must be 'windows'"):
+        vistok.reduce(hand, "pool", factor=2, bins="ceil")
+    with pytest.raises(ValueError, match="factor=6 is larger than the 5x5 token grid.*bins='cover'"):
+        vistok.reduce(hand, "pool", factor=6)
+    assert vistok.reduce(hand, "pool", factor=6, bins="cover").grid == (1, 1)
 
 
 # -- the CLI ---------------------------------------------------------------------------------------------
