@@ -49,16 +49,18 @@ def divprune_reference(x: list[list[float]], k: int) -> list[int]:
     return picked
 
 
-def dpc_reference(x: list[list[float]], k: int, neighbours: int = 5) -> list[int]:
+def dpc_reference(x: list[list[float]], k: int, neighbours: int = 5, count_self: bool = True) -> list[int]:
     """Density peaks with kNN density (Rodriguez & Laio 2014; Du et al. 2016; TCFormer's 1/sqrt(D) scale):
-    each token's cluster, clusters numbered by their centre's input index. Ties: earlier token."""
+    each token's cluster, clusters numbered by their centre's input index. ``count_self``: the token's own 0
+    is one of its k nearest (Chat-UniVi's topk). The densest token's delta: the largest distance of all. Ties:
+    earlier token."""
     n, dim = len(x), len(x[0])
     d2 = [[sum((u - v) ** 2 for u, v in zip(x[i], x[j])) for j in range(n)] for i in range(n)]
-    m = min(neighbours, n - 1)
+    m = min(neighbours, n if count_self else n - 1)
     rho = []
     for i in range(n):
-        others = sorted(d2[i][j] for j in range(n) if j != i)[:m]
-        rho.append(math.exp(-(sum(others) / (m * dim))) if m else 1.0)
+        row = sorted(d2[i]) if count_self else sorted(d2[i][j] for j in range(n) if j != i)
+        rho.append(math.exp(-(sum(row[:m]) / (m * dim))) if m else 1.0)
 
     def denser(j: int, i: int) -> bool:
         return rho[j] > rho[i] or (rho[j] == rho[i] and j < i)
@@ -66,7 +68,7 @@ def dpc_reference(x: list[list[float]], k: int, neighbours: int = 5) -> list[int
     delta = []
     for i in range(n):
         higher = [math.sqrt(d2[i][j] / dim) for j in range(n) if denser(j, i)]
-        delta.append(min(higher) if higher else max(math.sqrt(d2[i][j] / dim) for j in range(n)))
+        delta.append(min(higher) if higher else math.sqrt(max(map(max, d2)) / dim))
     score = [rho[i] * delta[i] for i in range(n)]
     centres = sorted(sorted(range(n), key=lambda i: (-score[i], i))[:k])
     assign = []
@@ -156,17 +158,20 @@ def test_divprune_ignores_vector_lengths(case, exponents):
 # -- dpc-knn ------------------------------------------------------------------------------------------
 
 def test_dpc_knn_by_hand():
-    # two tight pairs and one far point on a line; neighbours=1: density exp(-d_nn^2)
+    # two tight pairs and one far point on a line; one neighbour besides itself: density exp(-d_nn^2)
+    # (count_self=False, neighbours=1), or exp(-d_nn^2 / 2) (Chat-UniVi's k = 2, its own 0 included): same order
     x = np.array([[0.0], [0.1], [5.0], [5.2], [20.0]])
     # rho: e^-0.01 (0, 1), e^-0.04 (2, 3), e^-219 (4); token 0 is densest (tie -> earlier)
     # delta: 0 -> 20 (its farthest), 1 -> 0.1, 2 -> 4.9, 3 -> 0.2, 4 -> 14.8 (to 3)
     # score: 0: 19.8, 2: 4.7, 3: 0.19, 1: 0.099, 4: ~1e-97
-    assert vistok.reduce(tokens_of(x), "dpc-knn", keep=1, neighbours=1).sizes.tolist() == [5]
-    out = vistok.reduce(tokens_of(x), "dpc-knn", keep=2, neighbours=1)
-    assert out.source.tolist() == [0, 0, 1, 1, 1]  # 20 is nearer 5.0 than 0.0
-    np.testing.assert_allclose(out.values[:, 0], [0.05, 30.2 / 3])
-    centres, assign = dpc_knn_clusters(x, 3, neighbours=1)
+    assert vistok.reduce(tokens_of(x), "dpc-knn", keep=1, neighbours=1, count_self=False).sizes.tolist() == [5]
+    for options in ({"neighbours": 1, "count_self": False}, {"neighbours": 2}):
+        out = vistok.reduce(tokens_of(x), "dpc-knn", keep=2, **options)
+        assert out.source.tolist() == [0, 0, 1, 1, 1]  # 20 is nearer 5.0 than 0.0
+        np.testing.assert_allclose(out.values[:, 0], [0.05, 30.2 / 3])
+    centres, assign = dpc_knn_clusters(x, 3, neighbours=1, count_self=False)
     assert centres.tolist() == [0, 2, 3] and assign.tolist() == [0, 0, 1, 2, 2]
+    assert dpc_knn_clusters(x, 3, neighbours=2)[1].tolist() == [0, 0, 1, 2, 2]
 
 
 @settings(max_examples=30, deadline=None)
@@ -195,6 +200,79 @@ def test_dpc_knn_ties_match_the_reference(case, neighbours, shift):
     assert dpc_knn_clusters(x + shift, k, neighbours)[1].tolist() == expected  # distances only
 
 
+def chat_univi_dpc(x: np.ndarray, k: int, knn: int) -> list[int]:
+    """Chat-UniVi's ``cluster_dpc_knn`` (and TCFormer's) formulas, brute force: d = |x_i - x_j| / sqrt(D);
+    density exp(-mean of the knn smallest d^2 of the row, its own 0 included); delta the distance to the
+    nearest denser token, the largest distance of all for the densest; centres the top k by delta * density;
+    every token to its nearest centre, a centre to itself. The cluster of each token, numbered by centre;
+    None when densities tie (there the original's noise decides)."""
+    n, dim = x.shape
+    d = [[math.sqrt(sum((a - b) ** 2 for a, b in zip(x[i], x[j])) / dim) for j in range(n)] for i in range(n)]
+    density = [math.exp(-sum(v * v for v in sorted(row)[:knn]) / knn) for row in d]
+    if len(set(density)) < n:  # tied densities: Chat-UniVi's random noise decides (two mutual nearest
+        return None            # neighbours always tie at knn = 2)
+    top = max(map(max, d))
+    delta = [min([d[i][j] for j in range(n) if density[j] > density[i]] or [top]) for i in range(n)]
+    score = [delta[i] * density[i] for i in range(n)]
+    centres = sorted(range(n), key=lambda i: -score[i])[:k]
+    return [centres.index(i) if i in centres else min(range(k), key=lambda c: d[i][centres[c]]) for i in range(n)]
+
+
+def same_partition(a, b) -> bool:
+    return len(a) == len(b) and all((a[i] == a[j]) == (b[i] == b[j]) for i in range(len(a)) for j in range(len(a)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(6, 40), st.sampled_from([1, 2, 4, 16]))
+def test_dpc_knn_default_is_chat_univi(seed, n, dim):
+    # random tokens, no ties: the default (k = 5 with its own 0, or CTM's min(3, max(K // 2, 1)) below 5
+    # clusters) gives Chat-UniVi's partition, for every K
+    x = np.random.default_rng(seed).normal(size=(n, dim))
+    for k in sorted({1, 2, 4, 5, n // 4, n // 2, n - 1} - {0}):
+        knn = 5 if k >= 5 else min(3, max(k // 2, 1))
+        if knn == 1:  # every density is exp(0) = 1: Chat-UniVi's noise alone picks the centres
+            continue
+        expected = chat_univi_dpc(x, k, knn)
+        if expected is not None:
+            out = vistok.reduce(tokens_of(x), "dpc-knn", keep=k)
+            assert same_partition(out.source.tolist(), expected), k
+    # vistok's earlier rule, 4 other tokens, reproduces it on x * sqrt(4/5)
+    k = max(1, n // 4)
+    if k >= 5:
+        old = vistok.reduce(tokens_of(x * math.sqrt(4 / 5)), "dpc-knn", keep=k, neighbours=4, count_self=False)
+        assert same_partition(old.source.tolist(), chat_univi_dpc(x, k, 5))
+
+
+def test_dpc_knn_density_counts_the_token_itself():
+    from vistok.reducers.dpc_knn import knn_log_density
+
+    x = np.array([[0.0], [1.0], [3.0], [7.0], [15.0]])
+    d2 = squared_distances(x)
+    # token 0, k = 3: Chat-UniVi's three smallest of its row are 0, 1, 9 (itself included): mean 10 / 3;
+    # three other tokens: 1, 9, 49, mean 59 / 3
+    assert knn_log_density(d2, 1, 3)[0] == pytest.approx(-10 / 3)
+    assert knn_log_density(d2, 1, 3, count_self=False)[0] == pytest.approx(-59 / 3)
+    assert (knn_log_density(d2, 1, 1) == 0).all()  # only itself: every density exp(0)
+
+
+def test_dpc_knn_noise_is_seeded():
+    # ties everywhere (k = 1: every density 1): without noise the earlier tokens win; Chat-UniVi's jitter,
+    # drawn from the seed, picks other centres, the same ones for the same seed
+    x = np.random.default_rng(0).normal(size=(30, 3))
+    plain = vistok.reduce(tokens_of(x), "dpc-knn", keep=6, neighbours=1)
+    jitter = [vistok.reduce(tokens_of(x), "dpc-knn", keep=6, neighbours=1, noise=1e-6, seed=s) for s in (1, 1, 2)]
+    sources = [t.source.tolist() for t in (plain, *jitter)]
+    assert sources[1] == sources[2] and sources[1] != sources[3] and sources[0] != sources[1]
+    # on distinct densities far above 1e-6 the jitter changes nothing
+    jittered = vistok.reduce(tokens_of(x), "dpc-knn", keep=6, noise=1e-6, seed=3)
+    assert jittered.source.tolist() == vistok.reduce(tokens_of(x), "dpc-knn", keep=6).source.tolist()
+    for bad in (-1e-6, "a", True, float("inf")):
+        with pytest.raises(ValueError, match="noise"):
+            vistok.reduce(tokens_of(x), "dpc-knn", keep=6, noise=bad)
+    with pytest.raises(ValueError, match="count_self"):
+        vistok.reduce(tokens_of(x), "dpc-knn", keep=6, count_self="yes")
+
+
 def test_dpc_knn_duplicates_give_one_centre():
     x = np.array([[0.0, 0], [0, 0], [0, 0], [3, 3], [3, 3], [9, 0]])
     centres, assign = dpc_knn_clusters(x, 3, neighbours=2)
@@ -207,8 +285,9 @@ def test_dpc_knn_large_vectors_do_not_underflow():
     # first tokens; ranked in log space, 1000 (densest, tie -> earlier) and 1050 (nearest denser 50 away,
     # tied with 1100) are the centres
     x = np.array([[0.0], [1000], [1050], [1100], [3000]])
-    centres, assign = dpc_knn_clusters(x, 2, neighbours=1)
+    centres, assign = dpc_knn_clusters(x, 2, neighbours=1, count_self=False)
     assert centres.tolist() == [1, 2] and assign.tolist() == [0, 0, 1, 1, 1]
+    assert dpc_knn_clusters(x, 2, neighbours=2)[1].tolist() == [0, 0, 1, 1, 1]  # Chat-UniVi's k = 2: the same
 
 
 @settings(max_examples=30, deadline=None)

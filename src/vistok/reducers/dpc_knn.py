@@ -6,9 +6,10 @@ a cluster centre is denser than its neighbours and far from any denser point. Ea
 - a local density, the k-nearest-neighbour form of Du, Ding and Jia ("Study on density peaks clustering
   based on k-nearest neighbors and principal component analysis", Knowledge-Based Systems 2016), as used
   for token clustering by TCFormer (Zeng et al., "Not All Tokens Are Equal: Human-centric Visual Analysis
-  via Token Clustering Transformer", CVPR 2022): ``rho_i = exp(-mean_{j in kNN(i)} d(i, j)^2)``;
+  via Token Clustering Transformer", CVPR 2022) and Chat-UniVi (Jin et al., CVPR 2024, ``cluster_dpc_knn``):
+  ``rho_i = exp(-mean_{j in kNN(i)} d(i, j)^2)``;
 - its distance to the nearest denser token, ``delta_i = min_{j denser than i} d(i, j)``, and for the densest
-  token its largest distance to any token;
+  token the largest distance between any two tokens (the implementations' ``dist_matrix.max()``);
 - the score ``rho_i * delta_i``. The K best-scoring tokens are the centres; every other token joins its
   nearest centre, and each cluster becomes the size-weighted mean of its members. SparseVLM (Zhang et al.,
   "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model Inference", ICML 2025)
@@ -20,15 +21,26 @@ Choices, where the papers leave room or their code differs:
   the same), so it is a root-mean-square per-dimension difference. No other normalisation: the vectors'
   scale sets the balance between density and distance in the score (density weighs more for larger
   vectors), as in those implementations.
-- ``neighbours`` (K of kNN, default 5 as in TCFormer) counts other tokens, not the token itself, as the
-  formula reads. TCFormer's code takes the 5 smallest entries of the distance row, its own zero included,
-  which is ``neighbours=4`` up to the factor 4/5 in the exponent; SparseVLM uses the cluster count.
+- ``neighbours`` (k of kNN) and ``count_self``: by default (``count_self=True``) the kNN are the ``k``
+  smallest entries of the token's distance row, its own zero included, as Chat-UniVi's and TCFormer's code
+  take them (``torch.topk(dist_matrix, k, largest=False)``): with ``k = 5`` the mean runs over four
+  neighbours and a zero. ``count_self=False`` takes ``k`` other tokens, as Du et al.'s formula reads
+  (vistok's earlier rule; ``count_self=False, neighbours=4`` on ``x * sqrt(4/5)`` gives the default's
+  partition of ``x``). ``neighbours=None`` (default) is Chat-UniVi's ``CTM`` choice: ``k = 5``, or
+  ``min(3, max(K // 2, 1))`` when ``5 > K`` clusters; a number is used as given. SparseVLM uses the cluster
+  count.
+- The cluster count: ``keep=K`` is used as given. ``ratio=r`` goes through :func:`vistok.reduce`'s rounding
+  (half up, as for every method); Chat-UniVi rounds ``N * r`` up (``math.ceil``), so pass
+  ``keep=ceil(N * r)`` for its count where ``N * r`` is not whole.
 - The score is ranked as ``log rho + log delta``: the same order, without ``exp`` underflowing to zero for
   every token when the vectors are large.
-- Ties are broken by input order, not by the random noise the implementations add: of two equally dense
-  tokens the earlier one counts as denser (so of two identical tokens only one can become a centre), equal
-  scores go to the earlier token, and a token equally near two centres joins the earlier one. A centre
-  always joins its own cluster.
+- Ties are broken by input order, not by the random noise the implementations add (Chat-UniVi and TCFormer
+  add ``torch.rand(...) * 1e-6`` to every density, so their partition can change from run to run where
+  densities tie or fall below about ``1e-6``): of two equally dense tokens the earlier one counts as denser
+  (so of two identical tokens only one can become a centre), equal scores go to the earlier token, and a
+  token equally near two centres joins the earlier one (the implementations: the centre with the higher
+  score). A centre always joins its own cluster. ``noise=1e-6`` adds their jitter, uniform in
+  ``[0, noise)``, drawn from the ``seed`` of :func:`vistok.reduce` (so a seed gives one result).
 - The density treats every token as one point, whatever its size; sizes weight only the merged means
   (TCFormer weights by a learned importance, SparseVLM uniformly).
 
@@ -61,23 +73,35 @@ def squared_distances(x: np.ndarray) -> np.ndarray:
     return d2
 
 
-def dpc_knn_clusters(x: np.ndarray, k: int, neighbours: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def knn_log_density(d2: np.ndarray, dim: int, neighbours: int, count_self: bool = True) -> np.ndarray:
+    """``(N,)`` ``log rho = -mean(d^2) / dim`` over each row's ``neighbours`` smallest squared distances ``d2``:
+    the token's own 0 among them (``count_self``, Chat-UniVi's ``topk``), or ``neighbours`` other tokens."""
+    n = len(d2)
+    m = min(neighbours, n) if count_self else min(neighbours, n - 1)
+    if m <= 0 or (count_self and m == 1):
+        return np.zeros(n)
+    others = m - 1 if count_self else m  # nearest tokens besides itself (its 0 adds nothing to the sum)
+    nearest = np.partition(d2, others, axis=1)[:, :others + 1]  # its own 0 and its nearest others
+    nearest.sort(axis=1)  # a fixed summation order: equal neighbourhoods give equal densities
+    return -nearest.sum(axis=1) / (m * dim)
+
+
+def dpc_knn_clusters(x: np.ndarray, k: int, neighbours: int = 5, count_self: bool = True, noise: float = 0.0,
+                     rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(centres, assign)``: the ``k`` centres' input indices (ascending) and each token's cluster, the
-    position of its centre in ``centres``."""
+    position of its centre in ``centres``. ``noise``: uniform ``[0, noise)`` added to each density (``rng``)."""
     n, dim = x.shape
     d2 = squared_distances(x)
-    m = min(neighbours, n - 1)
-    if m > 0:
-        nearest = np.partition(d2, m, axis=1)[:, :m + 1]  # its own 0 and its m nearest others
-        nearest.sort(axis=1)  # a fixed summation order: equal neighbourhoods give equal densities
-        log_rho = -nearest.sum(axis=1) / (m * dim)
-    else:
-        log_rho = np.zeros(n)
+    log_rho = knn_log_density(d2, dim, neighbours, count_self)
+    if noise > 0:  # rho + u, in log space: log(exp(log_rho) + u)
+        u = (rng if rng is not None else np.random.default_rng(0)).random(n) * noise
+        with np.errstate(divide="ignore"):
+            log_rho = np.logaddexp(log_rho, np.log(u))
     order = np.argsort(-log_rho, kind="stable")  # densest first; equal densities: earlier token first
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
     delta2 = np.where(rank[None, :] < rank[:, None], d2, np.inf).min(axis=1)
-    delta2[order[0]] = d2[order[0]].max()
+    delta2[order[0]] = d2.max()
     with np.errstate(divide="ignore"):  # delta 0 (a duplicate of a denser token): score -inf
         log_score = log_rho + 0.5 * np.log(delta2 / dim)
     centres = np.sort(top_k(log_score, k))
@@ -90,14 +114,22 @@ def dpc_knn_clusters(x: np.ndarray, k: int, neighbours: int = 5) -> tuple[np.nda
     "dpc-knn", description="merge into K density-peak clusters (kNN density; size-weighted means; no signal)",
     paper="Rodriguez & Laio, Science 2014; Du et al., 2016 (kNN density); Zeng et al., TCFormer, CVPR 2022; "
           "Zhang et al., SparseVLM, ICML 2025",
-    merges=True, options=("neighbours",),
+    merges=True, options=("neighbours", "count_self", "noise"),
 )
 def dpc_knn(x: np.ndarray, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator,
-            neighbours: int = 5) -> Reduction:
-    """``neighbours``: how many nearest other tokens set a token's density (default 5)."""
+            neighbours: int | None = None, count_self: bool = True, noise: float = 0.0) -> Reduction:
+    """``neighbours``: the k of kNN (default: Chat-UniVi's 5, or ``min(3, max(K // 2, 1))`` below 5
+    clusters); ``count_self``: the token's own zero distance is one of them (default, as Chat-UniVi);
+    ``noise``: Chat-UniVi's density jitter (``1e-6`` there; default 0, ties by input order)."""
+    if neighbours is None:
+        neighbours = 5 if k >= 5 else min(3, max(k // 2, 1))
     if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) or neighbours < 1:
         raise ValueError(f"dpc-knn: neighbours must be a whole number >= 1, got {neighbours!r}")
+    if count_self not in (True, False):
+        raise ValueError(f"dpc-knn: count_self must be True or False, got {count_self!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < np.inf:
+        raise ValueError(f"dpc-knn: noise must be a number >= 0 (Chat-UniVi adds 1e-6), got {noise!r}")
     if not np.isfinite(x).all():
         raise ValueError("dpc-knn: the token vectors have NaN or infinite entries")
-    _, assign = dpc_knn_clusters(x, k, int(neighbours))
+    _, assign = dpc_knn_clusters(x, k, int(neighbours), bool(count_self), float(noise), rng)
     return Reduction(assign)
