@@ -50,6 +50,9 @@ class ImageError(ValueError):
         return (type(self), (self.source, self.reason))
 
 
+ImageError.__module__ = "vistok.images"  # its public home, shown in tracebacks and used by pickle
+
+
 def _is_torch_tensor(obj: object) -> bool:
     """True for torch tensors, detected without importing torch."""
     return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")

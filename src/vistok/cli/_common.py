@@ -192,13 +192,15 @@ def write_out(target: Path, write: Any, inputs: Any = ()) -> None:
 
 
 def progress_bar(total: int, *, stats: bool = False, transient: bool = True) -> Progress:
-    """A progress bar on stderr, hidden for a single item; ``stats`` adds a ``task.fields["stats"]`` column."""
+    """A progress bar on stderr, hidden for a single item (and, when ``transient``, when stderr is not a terminal,
+    where it would leave only an empty line); ``stats`` adds a ``task.fields["stats"]`` column."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     if stats:
         columns.append(TextColumn("{task.fields[stats]}"))
-    return Progress(*columns, console=err, transient=transient, disable=total < 2)
+    return Progress(*columns, console=err, transient=transient,
+                    disable=total < 2 or (transient and not err.is_terminal))
 
 
 def warn_skipped(errors: dict[str, str]) -> None:
