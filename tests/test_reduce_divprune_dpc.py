@@ -392,3 +392,19 @@ def test_bad_inputs():
     single = tokens_of(np.ones((1, 4)))
     for method in ("divprune", "dpc-knn"):
         assert len(vistok.reduce(single, method, keep=1)) == 1
+
+
+def test_dpc_knn_cluster_count_from_a_ratio_rounds_up_as_chat_univi():
+    # Chat-UniVi: cluster_num = max(math.ceil(N * ratio), 1); every other method rounds half up
+    from vistok.reducers import keep_count, method_info
+
+    rng = np.random.default_rng(0)
+    tokens = vistok.Tokens(rng.normal(size=(30, 4)).astype(np.float32), grid=(5, 6))
+    assert len(vistok.reduce(tokens, "dpc-knn", ratio=0.21)) == 7  # 6.3 -> 7 (half up would give 6)
+    assert len(vistok.reduce(tokens, "random", ratio=0.21)) == 6
+    assert len(vistok.reduce(tokens, "dpc-knn", ratio=0.5)) == 15
+    assert method_info("dpc-knn").ratio_rounding == "up" and method_info("tome").ratio_rounding == "nearest"
+    assert keep_count(100, None, 0.07, "up") == 8  # 100 * 0.07 == 7.000000000000001 in floats, as in Python
+    assert keep_count(576, None, 0.25, "up") == 144
+    with pytest.raises(ValueError, match="ratio_rounding"):
+        vistok.reducers.register_method("x-bad", description="-", paper="-", ratio_rounding="down")

@@ -10,6 +10,7 @@ method computes its own. Sizes add up, so reductions chain: a token that already
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,8 @@ class Method:
     ``merges``: output tokens may stand for several inputs (else it only selects). ``keeps_order``: a
     selection keeps the input order. ``exact``: it always returns exactly the requested count.
     ``averages``: a merged token is the size-weighted mean of its group (False: the method computes its own
-    output values, e.g. PruMerge's attention-weighted update)."""
+    output values, e.g. PruMerge's attention-weighted update). ``ratio_rounding``: how ``ratio=`` becomes a
+    count, ``"nearest"`` (half up) or ``"up"`` (``ceil(N * ratio)``, as Chat-UniVi's DPC-KNN)."""
 
     name: str
     fn: Callable[..., Reduction]
@@ -72,6 +74,7 @@ class Method:
     options: tuple[str, ...] = field(default_factory=tuple)
     sizing: tuple[str, ...] = field(default_factory=tuple)
     averages: bool = True
+    ratio_rounding: str = "nearest"
 
 
 _methods: Registry[Method] = Registry("reduction method", package="vistok.reducers", skip=("core",),
@@ -81,17 +84,20 @@ _methods: Registry[Method] = Registry("reduction method", package="vistok.reduce
 def register_method(name: str, *, description: str, paper: str, needs: Sequence[str] = (),
                     uses: Sequence[str] = (), merges: bool = False, keeps_order: bool = True, exact: bool = True,
                     needs_grid: bool = False, soft_only: bool = False, options: Sequence[str] = (),
-                    sizing: Sequence[str] = (), averages: bool = True) -> Callable[[Callable[..., Reduction]], Callable[..., Reduction]]:
+                    sizing: Sequence[str] = (), averages: bool = True,
+                    ratio_rounding: str = "nearest") -> Callable[[Callable[..., Reduction]], Callable[..., Reduction]]:
     """Decorator: register ``fn(x, k, sizes, signals, rng, **options) -> Reduction`` under ``name``.
 
     ``x`` is ``(N, D)`` float64 (``None`` for hard tokens), ``k`` the output count, ``sizes`` ``(N,)`` how many
     base patches each token already stands for, ``signals`` the arrays named in needs/uses that are present,
     plus ``"grid"`` ``(rows, cols)`` when the tokens tile a grid. ``sizing``: options that set the output
     count themselves (pool's ``factor``/``grid``); with one of them, ``k`` is None."""
+    if ratio_rounding not in ("nearest", "up"):
+        raise ValueError(f"ratio_rounding must be 'nearest' or 'up', got {ratio_rounding!r}")
 
     return _methods.decorator(name, lambda fn: Method(
         name, fn, description, paper, tuple(needs), tuple(uses), merges, keeps_order, exact, needs_grid,
-        soft_only or merges, tuple(options) + tuple(sizing), tuple(sizing), averages))
+        soft_only or merges, tuple(options) + tuple(sizing), tuple(sizing), averages, ratio_rounding))
 
 
 def list_methods(pattern: str = "*", **filters: Any) -> list[str]:
@@ -105,8 +111,9 @@ def method_info(name: str) -> Method:
     return _methods.get(name)
 
 
-def keep_count(n: int, keep: int | None, ratio: float | None) -> int:
-    """The output count from ``keep`` (a count) or ``ratio`` (a fraction of ``n``, rounded, at least 1)."""
+def keep_count(n: int, keep: int | None, ratio: float | None, rounding: str = "nearest") -> int:
+    """The output count from ``keep`` (a count) or ``ratio`` (a fraction of ``n``, at least 1), rounded half up
+    (``rounding="nearest"``) or up (``"up"``: ``math.ceil(n * ratio)``, the float product as Python computes it)."""
     if (keep is None) == (ratio is None):
         raise ValueError("give exactly one of keep=<count> or ratio=<fraction>")
     if keep is not None:
@@ -115,7 +122,8 @@ def keep_count(n: int, keep: int | None, ratio: float | None) -> int:
         return int(keep)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
         raise ValueError(f"ratio must be a fraction in (0, 1], got {ratio!r}")
-    return max(1, min(n, int(np.floor(n * ratio + 0.5))))
+    counted = math.ceil(n * ratio) if rounding == "up" else int(np.floor(n * ratio + 0.5))
+    return max(1, min(n, counted))
 
 
 def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None = None, ratio: float | None = None,
@@ -149,7 +157,7 @@ def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None =
     sized = [name for name in info.sizing if options.get(name) not in (None, False)]
     if sized and (keep is not None or ratio is not None):
         raise ValueError(f"{method}: give either keep/ratio or {sized[0]}=, not both")
-    k = None if sized else keep_count(n, keep, ratio)
+    k = None if sized else keep_count(n, keep, ratio, info.ratio_rounding)
     for name in (*info.needs, *info.uses):
         if name not in signals and name in tokens.extras:
             signals[name] = tokens.extras[name]

@@ -29,9 +29,8 @@ Choices, where the papers leave room or their code differs:
   partition of ``x``). ``neighbours=None`` (default) is Chat-UniVi's ``CTM`` choice: ``k = 5``, or
   ``min(3, max(K // 2, 1))`` when ``5 > K`` clusters; a number is used as given. SparseVLM uses the cluster
   count.
-- The cluster count: ``keep=K`` is used as given. ``ratio=r`` goes through :func:`vistok.reduce`'s rounding
-  (half up, as for every method); Chat-UniVi rounds ``N * r`` up (``math.ceil``), so pass
-  ``keep=ceil(N * r)`` for its count where ``N * r`` is not whole.
+- The cluster count: ``keep=K`` is used as given; ``ratio=r`` gives ``math.ceil(N * r)``, rounded up as
+  Chat-UniVi's ``cluster_num`` is (the other methods round half up).
 - The score is ranked as ``log rho + log delta``: the same order, without ``exp`` underflowing to zero for
   every token when the vectors are large.
 - Ties are broken by input order, not by the random noise the implementations add (Chat-UniVi and TCFormer
@@ -114,7 +113,7 @@ def dpc_knn_clusters(x: np.ndarray, k: int, neighbours: int = 5, count_self: boo
     "dpc-knn", description="merge into K density-peak clusters (kNN density; size-weighted means; no signal)",
     paper="Rodriguez & Laio, Science 2014; Du et al., 2016 (kNN density); Zeng et al., TCFormer, CVPR 2022; "
           "Zhang et al., SparseVLM, ICML 2025",
-    merges=True, options=("neighbours", "count_self", "noise"),
+    merges=True, options=("neighbours", "count_self", "noise"), ratio_rounding="up",
 )
 def dpc_knn(x: np.ndarray, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator,
             neighbours: int | None = None, count_self: bool = True, noise: float = 0.0) -> Reduction:
