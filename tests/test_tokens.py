@@ -250,3 +250,44 @@ def test_inconsistent_layout_names_the_file(tmp_path):
     _write_raw(tmp_path / "g.safetensors", {"0.values": np.zeros(3, np.int64)}, [doc])
     with pytest.raises(ValueError, match=r"g\.safetensors: token set 'img.jpg': grid \(2, 2\) holds 4 tokens"):
         load_tokens(tmp_path / "g.safetensors")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"meta": {"vocab_size": "abc"}}, r"meta\.vocab_size is 'abc', not a whole number"),
+    ({"meta": {"vocab_size": 1e400}}, r"meta\.vocab_size is inf, not a whole number"),
+    ({"meta": {"vocab_size": [1]}}, r"meta\.vocab_size is \[1\], not a whole number"),
+    ({"meta": "x"}, r"meta is 'x', not a JSON object"),
+    ({"meta": {"image_size": "xx"}}, r"meta\.image_size is 'xx', not two whole numbers"),
+    ({"grid": [-2, -2]}, r"grid is \[-2, -2\], not two whole numbers"),
+    ({"grid": [2.5, 2]}, r"grid is \[2\.5, 2\], not two whole numbers"),
+    ({"grid": [4]}, r"grid is \[4\], not two whole numbers"),
+    ({"base_grid": ["2", "2"]}, r"base_grid is \['2', '2'\], not two whole numbers"),
+    ({"key": {"a": 1}}, r"key is \{'a': 1\}, not a string"),
+    ({"extras": None}, r"extras is None, not a list of tensor names"),
+])
+def test_header_fields_of_the_wrong_type_name_the_file(tmp_path, change, message):
+    # checksums cannot help here: a buggy or hostile writer can store a wrong header with right checksums
+    _write_raw(tmp_path / "h.safetensors", {"0.values": np.zeros(4, np.int64)}, [{**_doc(), **change}])
+    with pytest.raises(ValueError, match=r"h\.safetensors: damaged header: entry 0 of the 'vistok' document \("
+                                         + message):
+        load_tokens(tmp_path / "h.safetensors")
+
+
+def test_duplicate_keys_and_float_source_are_refused(tmp_path):
+    ids = np.zeros(2, np.int64)
+    _write_raw(tmp_path / "d.safetensors", {"0.values": ids, "1.values": ids}, [_doc(), _doc()])
+    with pytest.raises(ValueError, match=r"d\.safetensors: damaged header: token sets 0 and 1 have the same key "
+                                         r"'img\.jpg'"):
+        load_tokens(tmp_path / "d.safetensors")
+    doc = {**_doc(), "base_grid": [1, 2]}
+    _write_raw(tmp_path / "s.safetensors", {"0.values": ids, "0.source": np.array([0.0, 1.7])}, [doc])
+    with pytest.raises(ValueError, match=r"s\.safetensors: token set 'img\.jpg': tensor '0\.source' holds float64"):
+        load_tokens(tmp_path / "s.safetensors")
+
+
+def test_keys_are_written_as_text_and_must_stay_distinct(tmp_path):
+    save_tokens(tmp_path / "k.safetensors", {7: hard_tokens()})
+    assert list(load_tokens(tmp_path / "k.safetensors")) == ["7"]
+    with pytest.raises(ValueError, match="same key once written as text"):
+        save_tokens(tmp_path / "k2.safetensors", {1: hard_tokens(), "1": hard_tokens()})
+    assert not (tmp_path / "k2.safetensors").exists()

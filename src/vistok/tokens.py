@@ -211,6 +211,8 @@ def save_tokens(
     named = list(items.items()) if isinstance(items, Mapping) else [(str(i), t) for i, t in enumerate(items)]
     tensors: dict[str, np.ndarray] = {}
     docs = []
+    if len({str(key) for key, _ in named}) < len(named):
+        raise ValueError("two items have the same key once written as text (e.g. 1 and '1'); give each a distinct key")
     for i, (key, tokens) in enumerate(named):
         if not isinstance(tokens, Tokens):
             raise TypeError(f"item {key!r} is {type(tokens).__name__}, expected vistok.Tokens")
@@ -222,7 +224,7 @@ def save_tokens(
         for name, arr in tokens.extras.items():
             tensors[f"{i}.extra.{name}"] = np.ascontiguousarray(arr)
         docs.append({
-            "key": key,
+            "key": str(key),
             "grid": tokens.grid,
             "base_grid": tokens.base_grid,
             "extras": sorted(tokens.extras),
@@ -285,6 +287,9 @@ def load_tokens(path: str | os.PathLike) -> dict[str, Tokens]:
     out: dict[str, Tokens] = {}
     for i, doc in enumerate(docs):
         key, tokens = _item(path, i, doc, tensors)
+        if key in out:
+            raise ValueError(f"{path}: damaged header: token sets {list(out).index(key)} and {i} have the same key "
+                             f"{key!r}; one would hide the other: re-create the file (vistok tokenize --out)")
         out[key] = tokens
     return out
 
@@ -325,6 +330,7 @@ def _item(path: str, i: int, doc: Any, tensors: dict[str, np.ndarray]) -> tuple[
     if not isinstance(doc, dict) or not {"key", "grid", "base_grid", "extras", "meta"} <= doc.keys():
         raise ValueError(f"{path}: damaged header: entry {i} of the '{_DOC_KEY}' document lacks key, grid, "
                          "base_grid, extras or meta")
+    _check_doc(path, i, doc)
     label = repr(doc["key"])
     try:
         tokens = Tokens(
@@ -339,8 +345,41 @@ def _item(path: str, i: int, doc: Any, tensors: dict[str, np.ndarray]) -> tuple[
     except (TypeError, ValueError) as err:
         message = str(err)
         raise ValueError(message if message.startswith(path) else f"{path}: token set {label}: {err}") from None
+    if tokens.source is not None and not np.issubdtype(tensors[f"{i}.source"].dtype, np.integer):
+        raise ValueError(f"{path}: token set {label}: tensor '{i}.source' holds {tensors[f'{i}.source'].dtype}, "
+                         "not integer patch indices; the file is damaged: re-create it")
     _check_ids(path, label, tokens)
     return str(doc["key"]), tokens
+
+
+def _is_count(value: Any) -> bool:
+    """A whole number >= 0 as JSON stores it (not a bool, a float or a string)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_is_count(v) for v in value)
+
+
+def _check_doc(path: str, i: int, doc: dict[str, Any]) -> None:
+    """Entry ``i`` of the header document has the types :func:`save_tokens` writes, else a one-line error."""
+    problem = None
+    meta = doc["meta"]
+    if not isinstance(doc["key"], (str, int)) or isinstance(doc["key"], bool):  # int: a Mapping keyed by ints
+        problem = f"key is {doc['key']!r:.60}, not a string"
+    elif (bad := next((f for f in ("grid", "base_grid") if doc[f] is not None and not _is_pair(doc[f])), None)):
+        problem = f"{bad} is {doc[bad]!r:.60}, not two whole numbers (rows, columns)"
+    elif not isinstance(doc["extras"], list) or not all(isinstance(e, str) for e in doc["extras"]):
+        problem = f"extras is {doc['extras']!r:.60}, not a list of tensor names"
+    elif not isinstance(meta, dict):
+        problem = f"meta is {meta!r:.60}, not a JSON object"
+    elif meta.get("vocab_size") is not None and not _is_count(meta["vocab_size"]):
+        problem = f"meta.vocab_size is {meta['vocab_size']!r:.60}, not a whole number"
+    elif meta.get("image_size") is not None and not _is_pair(meta["image_size"]):
+        problem = f"meta.image_size is {meta['image_size']!r:.60}, not two whole numbers (width, height)"
+    if problem:
+        raise ValueError(f"{path}: damaged header: entry {i} of the '{_DOC_KEY}' document ({problem}); "
+                         "re-create the file (vistok tokenize --out)")
 
 
 def _check_ids(path: str, label: str, tokens: Tokens) -> None:
