@@ -291,3 +291,16 @@ def test_keys_are_written_as_text_and_must_stay_distinct(tmp_path):
     with pytest.raises(ValueError, match="same key once written as text"):
         save_tokens(tmp_path / "k2.safetensors", {1: hard_tokens(), "1": hard_tokens()})
     assert not (tmp_path / "k2.safetensors").exists()
+
+
+def test_folder_fifo_and_missing_file_are_named_without_blocking(tmp_path):
+    import os
+
+    (tmp_path / "dir.safetensors").mkdir()
+    with pytest.raises(ValueError, match=r"dir\.safetensors: is a folder, not a tokens file"):
+        load_tokens(tmp_path / "dir.safetensors")
+    os.mkfifo(tmp_path / "pipe.safetensors")  # opening it for reading would block forever
+    with pytest.raises(ValueError, match=r"pipe\.safetensors: is a named pipe \(FIFO\), not a tokens file"):
+        load_tokens(tmp_path / "pipe.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"gone\.safetensors: no such file; give the \.safetensors file"):
+        load_tokens(tmp_path / "gone.safetensors")

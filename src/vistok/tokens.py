@@ -257,6 +257,7 @@ def load_tokens(path: str | os.PathLike) -> dict[str, Tokens]:
     from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
+    _check_regular(path)
     try:
         with safe_open(path, framework="numpy") as handle:
             metadata = handle.metadata() or {}
@@ -292,6 +293,24 @@ def load_tokens(path: str | os.PathLike) -> dict[str, Tokens]:
                              f"{key!r}; one would hide the other: re-create the file (vistok tokenize --out)")
         out[key] = tokens
     return out
+
+
+def _check_regular(path: str) -> None:
+    """A folder, FIFO or device is refused before it is opened (a FIFO would block the read forever)."""
+    import stat
+
+    from vistok.outputs import file_kind
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file; give the .safetensors file written by vistok tokenize "
+                                "--out") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: is {file_kind(mode)}, not a tokens file; give the .safetensors file written "
+                         "by vistok tokenize --out")
 
 
 def _verify_checksums(path: str, metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> None:
