@@ -348,3 +348,23 @@ def test_cli_count_streams_the_folder(tmp_path, monkeypatch):
     assert data["images"] is None  # over 50 images: the summary only
     assert data["summary"][0]["images"] == 60
     assert data["summary"][0]["total_tokens"] == 60 * count((640, 480), model="qwen2-vl-7b").image_tokens
+
+
+def test_counting_reads_headers_so_large_scans_are_counted(tmp_path):
+    """Only the header is read, so the 128-MP decoding guard does not stop a 12000x12000 scan being counted."""
+    from vistok import count
+    from vistok.budget.report import count_stream
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0)
+    path = tmp_path / "scan.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+                     + chunk(b"IEND", b""))
+    assert count(path, model="llava-1.5-7b").image_size == (12000, 12000)
+    assert count(str(path), model="qwen2-vl-7b").image_tokens == 16384  # max_pixels 12,845,056 -> 3584x3584
+    report = count_stream([tmp_path], ["qwen2-vl-7b"], keep=1)
+    assert report.errors == {} and report.images == 1
+    with pytest.raises(ImageError, match=r"scan\.png: image is 12000x12000 = 144,000,000 pixels"):
+        probe_size(path)  # decoding paths keep the guard

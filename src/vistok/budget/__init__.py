@@ -29,7 +29,7 @@ def image_size_of(image_or_size: Any) -> tuple[int, int]:
         return check_size(*image_or_size)
     from vistok.images import probe_size
 
-    return check_size(*probe_size(image_or_size))
+    return check_size(*probe_size(image_or_size, max_pixels=None))  # a header is read, nothing decoded
 
 
 def count(image_or_size: Any, model: str | None = None, *, family: str | None = None, **options: Any) -> TokenCount:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from vistok._headers import header_size
-from vistok._sources import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, _sniffed_image, source_name
+from vistok._sources import IMAGE_EXTENSIONS, ImageError, _sniffed_image, source_name
 from vistok.budget.core import TokenCount, check_size
 
 if TYPE_CHECKING:
@@ -162,10 +162,10 @@ def _size_of(item: Any) -> tuple[int, int]:
         size = item
     else:  # the header alone (no numpy, no Pillow) where it answers, as vistok.probe_size would
         size = header_size(item) if isinstance(item, str) else None
-        if size is None or size[0] * size[1] > DEFAULT_MAX_PIXELS:
+        if size is None:
             from vistok.images import probe_size
 
-            size = probe_size(item)
+            size = probe_size(item, max_pixels=None)  # nothing is decoded: no decompression-bomb limit
     w, h = size
     if type(w) is int and type(h) is int and 0 < w <= 1_000_000 and 0 < h <= 1_000_000:
         return size
