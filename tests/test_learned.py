@@ -310,3 +310,13 @@ def test_fsq_natural64_reconstructs_held_out_photos():
     assert len(images) == 64 and tok.encode(Image.fromarray(images[0])).grid == (16, 16)
     result = evaluate(tok, images)
     assert result["psnr"] >= 22.0 and result["usage"] >= 0.5
+
+
+def test_codebooks_too_large_to_build_are_refused_before_allocating():
+    with pytest.raises(ValueError, match=r"fsq levels \[100000, 100000, 100000\] give 1,000,000,000,000,000 codes, "
+                                         r"over the 1,048,576"):
+        AutoencoderConfig(levels=[100000, 100000, 100000])
+    with pytest.raises(ValueError, match=r"codebook_size 1,000,000,000,000 is over the 1,048,576 codes"):
+        AutoencoderConfig(quantizer="vq", codebook_size=10**12)
+    assert AutoencoderConfig(levels=[8, 8, 8, 8, 8, 8]).vocab_size == 262144  # large but buildable
+    assert AutoencoderConfig(quantizer="kl", codebook_size=10**12).vocab_size is None  # kl has no codebook

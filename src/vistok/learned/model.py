@@ -38,6 +38,10 @@ __all__ = ["QUANTIZERS", "AutoencoderConfig", "Autoencoder", "Bottleneck"]
 QUANTIZERS = ("vq", "fsq", "lfq", "rvq", "kl")
 
 
+MAX_CODES = 2**20
+"""Largest codebook (fsq: product of the levels) a model is built with; its tensors are allocated whole."""
+
+
 @dataclass
 class AutoencoderConfig:
     """Architecture and bottleneck of a learned tokenizer.
@@ -86,6 +90,13 @@ class AutoencoderConfig:
             if not self.levels or any(v < 3 for v in self.levels):
                 raise ValueError(f"fsq levels must each be at least 3, e.g. 8,5,5,5; got {self.levels}")
             self.latent_dim = len(self.levels)
+            if math.prod(self.levels) > MAX_CODES:
+                raise ValueError(f"fsq levels {self.levels} give {math.prod(self.levels):,} codes, over the "
+                                 f"{MAX_CODES:,} vistok builds (the codebook is held in memory): use fewer or "
+                                 "smaller levels, e.g. 8,5,5,5")
+        elif self.quantizer != "kl" and int(self.codebook_size) > MAX_CODES:
+            raise ValueError(f"codebook_size {int(self.codebook_size):,} is over the {MAX_CODES:,} codes vistok "
+                             "builds (the codebook is held in memory): choose a smaller one, e.g. 1024")
         if self.quantizer == "lfq" and not math.log2(self.codebook_size).is_integer():
             raise ValueError(f"lfq needs a power-of-2 codebook_size, got {self.codebook_size}")
         if self.quantizer == "rvq" and self.num_quantizers * math.log2(self.codebook_size) > 62:
