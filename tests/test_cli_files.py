@@ -89,6 +89,19 @@ def test_out_equal_to_an_input_is_refused(images, command, options, no_model):
     assert images[0].read_bytes() == before
 
 
+@pytest.mark.parametrize(("command", "options", "flag"), [
+    *[(c, o, "--out") for c, o in COMMANDS_WITH_OUT if c != "fit"],  # fit's --out may be a folder
+    ("count", ["-m", "qwen2-vl"], "--hist"),
+])
+def test_a_file_output_spelled_as_a_folder_is_refused(images, tmp_path, monkeypatch, command, options, flag, no_model):
+    # "out/" names a folder: Path("out/") forgets the slash, and vistok used to write a file called "out"
+    monkeypatch.chdir(tmp_path)
+    result = invoke(command, images[0], *options, flag, "out/", expect=2)
+    assert one_line(result.stderr) == (f"error: {flag} out/: ends with '/', which names a folder; give the name of a "
+                                       "file to write in it, e.g. out/NAME")
+    assert not (tmp_path / "out").exists()
+
+
 def test_out_naming_an_input_through_another_path_is_refused(images, tmp_path, monkeypatch, no_model):
     monkeypatch.chdir(tmp_path)
     os.link(images[1].name, "other-name.jpg")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -165,6 +166,16 @@ def gather_inputs(given: list[Path], out_file: Path | None = None, *,
     return files, bad, target
 
 
+class _FolderSpelling(type(Path())):  # type: ignore[misc]
+    """A path typed with a trailing separator (``out/``): the user named a folder, which ``Path`` forgets."""
+
+
+def out_path(value: str | Path) -> Path:
+    """Typer ``parser=`` for file outputs: keeps the fact that ``value`` ended with a separator."""
+    text = os.fspath(value)
+    return _FolderSpelling(text) if text.endswith(("/", os.sep)) else Path(text)
+
+
 def check_out(out_file: Path | None, inputs: Any = (), *, follow_symlinks: bool = False,
               option: str = "--out") -> Path | None:
     """``--out`` (or ``option``) checked before the work starts (see vistok.outputs.check_output): the path
@@ -173,6 +184,10 @@ def check_out(out_file: Path | None, inputs: Any = (), *, follow_symlinks: bool 
 
     if out_file is None:
         return None
+    if isinstance(out_file, _FolderSpelling):
+        error(f"{option} {out_file}{os.sep}: ends with '{os.sep}', which names a folder; give the name of a file to "
+              f"write in it, e.g. {out_file}{os.sep}NAME")
+        raise typer.Exit(2)
     try:
         return check_output(out_file, inputs=inputs, follow_symlinks=follow_symlinks)
     except OutputError as exc:

@@ -15,6 +15,7 @@ from vistok.cli._common import (
     error,
     human_bytes,
     out,
+    out_path,
     parse_config,
     print_json,
     progress_bar,
@@ -96,7 +97,8 @@ def count_command(
     dtype: Annotated[str, typer.Option(help="KV-cache dtype for the memory column.")] = "bfloat16",
     per_image: Annotated[bool | None, typer.Option(
         "--per-image/--summary-only", help="Per-image rows (default: on for up to 50 images).")] = None,
-    hist: Annotated[Path | None, typer.Option(help="Write a histogram of tokens per model to this PNG.")] = None,
+    hist: Annotated[Path | None, typer.Option(help="Write a histogram of tokens per model to this PNG.", parser=out_path,
+                                                   metavar="FILE")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """How many tokens each image becomes in each model, and the KV cache it takes.

@@ -19,6 +19,7 @@ from vistok.cli._common import (
     gather_inputs,
     load_tokenizer,
     out,
+    out_path,
     print_json,
     progress_bar,
     report_failures,
@@ -227,7 +228,7 @@ def fit_codebook(
     vocab: Annotated[int, typer.Option(help="Number of visual words (k-means clusters).")] = 512,
     max_side: Annotated[int, typer.Option(help="Longer image side before cutting (0 keeps native size).")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed for k-means.")] = 0,
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="Codebook file to write.")] = Path("codebook.safetensors"),
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Codebook file to write.", parser=out_path, metavar="FILE")] = Path("codebook.safetensors"),
     follow_symlinks: FollowOpt = False,
 ) -> None:
     """Learn a visual-word codebook for `grid` by mini-batch k-means over cell pixels (stops once the words settle).
@@ -245,7 +246,7 @@ def fit_patch(
     images: Annotated[list[Path], typer.Argument(help="Training images and/or folders.")],
     patch: Annotated[int, typer.Option(help="Patch side in pixels.")] = 16,
     max_side: Annotated[int, typer.Option(help="Longer image side before cutting (0 keeps native size).")] = 256,
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="PCA weights file to write.")] = Path("patch.safetensors"),
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="PCA weights file to write.", parser=out_path, metavar="FILE")] = Path("patch.safetensors"),
     follow_symlinks: FollowOpt = False,
 ) -> None:
     """Fit the linear patch embedding of `patch` by PCA over patch pixels.

@@ -20,6 +20,7 @@ from vistok.cli._common import (
     gather_inputs,
     load_tokenizer,
     out,
+    out_path,
     print_json,
     progress_bar,
     reduce_all,
@@ -61,7 +62,7 @@ def list_command(
 def tokenize(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
     tokenizer: TokenizerOpt = "grid",
-    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write all tokens to this .safetensors file.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write all tokens to this .safetensors file.", parser=out_path, metavar="FILE")] = None,
     config: ConfigOpt = None,
     reduce: ReduceOpt = None,
     follow_symlinks: FollowOpt = False,
@@ -148,7 +149,7 @@ def inspect(
 def show(
     image: Annotated[Path, typer.Argument(help="The image to draw.")],
     tokenizer: TokenizerOpt = "grid",
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("tokens.png"),
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.", parser=out_path, metavar="FILE")] = Path("tokens.png"),
     config: ConfigOpt = None,
     reduce: ReduceOpt = None,
     follow_symlinks: FollowOpt = False,
