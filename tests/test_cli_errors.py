@@ -165,3 +165,38 @@ def test_json_safe_writes_null_for_infinity_and_nan() -> None:
     text = dumps({"psnr": {768: float("inf"), 8: 31.5}, "nan": float("nan"), "path": Path("a/b"), "size": (3, 4)})
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
         "psnr": {"768": None, "8": 31.5}, "nan": None, "path": "a/b", "size": [3, 4]}
+
+
+VISTOK = str(Path(sys.executable).with_name("vistok"))  # the console script installed beside this Python
+
+
+@pytest.mark.parametrize(("args", "wanted"), [
+    (["count", "a.jpg", "-m", "qwen2-vl", "-c"], "error: Option '-c' requires an argument."),
+    (["train", "samples-64", "-t", "fsq", "--levels", "abc", "--out", "x"],
+     "error: Invalid value for --levels: expected comma-separated integers like 8,5,5,5, got 'abc' "
+     "(see 'vistok train -h')"),
+    (["fit", "a.jpg", "-m", "qwen2-vl", "--budget", "0"],
+     "error: Invalid value for '--budget': 0 is not in the range x>=1. (see 'vistok fit -h')"),
+    (["bogus"], "error: No such command 'bogus'. (see 'vistok -h')"),
+])
+def test_usage_errors_of_the_installed_command_are_one_line(args: list[str], wanted: str, tmp_path: Path) -> None:
+    # the console script (vistok.cli.main), not CliRunner: Typer's boxed panel becomes one error line, exit 2
+    proc = subprocess.run([VISTOK, *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.strip().startswith(wanted), proc.stderr
+    assert "Traceback" not in proc.stderr and "╭" not in proc.stderr
+
+
+def test_the_installed_command_keeps_exit_codes_and_help(tmp_path: Path) -> None:
+    def vistok(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([VISTOK, *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+
+    assert vistok("--version").returncode == 0
+    assert vistok("count", "-h").returncode == 0 and "Usage: vistok count" in vistok("count", "-h").stdout
+    assert vistok("count", str(sample_images()[0]), "-m", "llava-1.5-7b", "--json").returncode == 0
+    assert vistok("count", "missing.jpg", "-m", "llava-1.5-7b").returncode == 1
+    bare = vistok()
+    assert bare.returncode == 2 and "Usage: vistok" in bare.stdout + bare.stderr

@@ -57,8 +57,29 @@ app.command("eval-recon")(learned.eval_recon)
 
 
 def main() -> None:
-    """Entry point of the ``vistok`` console script and ``python -m vistok``."""
-    app()
+    """Entry point of the ``vistok`` console script and ``python -m vistok``. A usage error (a missing value, an
+    option of the wrong form) is one ``error:`` line naming the command's help, like vistok's own errors,
+    rather than Typer's boxed panel."""
+    import sys
+
+    from vistok.cli._common import error
+
+    # Typer re-exports BadParameter and Abort only; its usage and base errors are BadParameter's ancestors
+    usage_error, click_error = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+                                for name in ("UsageError", "ClickException"))
+    try:
+        code = app(standalone_mode=False)
+    except usage_error as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "vistok"
+        error(f"{exc.format_message()} (see '{where} -h')")
+        sys.exit(exc.exit_code)
+    except click_error as exc:
+        error(exc.format_message())
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        error("aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main", "parse_config", "parse_reduce"]
