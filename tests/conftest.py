@@ -78,3 +78,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(fnmatch.fnmatchcase(item.nodeid, pattern) for pattern in SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def deadline():
+    """Fail instead of hanging: reading a FIFO waits for a writer forever."""
+    import signal
+
+    def expire(*_: object) -> None:
+        raise TimeoutError("vistok blocked on an input (a FIFO?)")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import stat
 from pathlib import Path
 
@@ -55,20 +54,6 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(vistok.cli.tokens, "load_tokenizer", refuse)
     monkeypatch.setattr(vistok, "load", refuse)
-
-
-@pytest.fixture
-def deadline():
-    """Fail instead of hanging (a FIFO read waits for a writer forever)."""
-
-    def expire(*_: object) -> None:
-        raise TimeoutError("vistok blocked on an input")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 COMMANDS_WITH_OUT = [

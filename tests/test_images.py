@@ -624,21 +624,6 @@ def test_find_images_sniffs_files_without_a_suffix(tmp_path: Path, fmt: str) -> 
     assert probe_size(tmp_path / "photo") == (5, 3)
 
 
-@pytest.fixture
-def deadline():
-    """Fail instead of hanging (reading a FIFO waits for a writer forever)."""
-    import signal
-
-    def expire(*_: object) -> None:
-        raise TimeoutError("blocked on a FIFO")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(30)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 def test_fifo_input_is_refused_not_waited_on(tmp_path: Path, deadline: None) -> None:
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
