@@ -22,7 +22,6 @@ from vistok.reducers.tome_patch import bipartite_merge, is_patched, merged_count
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import DINOV2, tiny_dinov2_folder  # noqa: E402
 
-
 # -- a plain re-derivation of the paper's algorithm ------------------------------------------------------
 
 def cosine(u, v) -> float:
@@ -246,8 +245,14 @@ def test_one_merge_step_equals_the_plain_reference(protected):
 
 def tiny_models() -> dict[str, torch.nn.Module]:
     import timm
-    from transformers import (Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel,
-                              ViTConfig, ViTModel)
+    from transformers import (
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+        ViTConfig,
+        ViTModel,
+    )
 
     torch.manual_seed(0)
     return {
