@@ -287,3 +287,26 @@ def test_visual_tokens_are_what_the_lm_receives(llava):
     assert tokens.values.shape == (36, model.config.text_config.hidden_size)
     reduced = vistok.reduce(tokens, "pool", keep=9)
     assert len(reduced) == 9
+
+
+def test_two_images_in_one_prompt_and_ratio(llava):
+    model, proc, _ = llava
+    batch = dict(proc(images=[noise_image(1), noise_image(2)], text="<image> a <image> cat", return_tensors="pt"))
+    with torch.no_grad(), vlm.patch(model, "pool", ratio=0.25) as handle:
+        out = model(**batch, use_cache=True)
+    assert handle.stats == [{"image": 0, "views": 1, "before": 36, "after": 9},
+                            {"image": 1, "views": 1, "before": 36, "after": 9}]
+    assert out.past_key_values.get_seq_length() == batch["input_ids"].shape[1] - 2 * 27
+
+
+def test_bfloat16_model(llava):
+    _, proc, folder = llava
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    batch = inputs(proc)
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    with torch.no_grad(), vlm.patch(model, "visionzip", keep=8) as handle:
+        out = model.generate(**batch, max_new_tokens=2, do_sample=False, min_new_tokens=2)
+        logits = model(**batch).logits
+    assert logits.dtype == torch.bfloat16 and logits.shape[1] == batch["input_ids"].shape[1] - 28
+    assert out.shape[1] == batch["input_ids"].shape[1] + 2
+    assert handle.stats[0]["after"] == 8

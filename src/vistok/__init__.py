@@ -8,6 +8,7 @@ This module is the public API::
     vistok.list_tokenizers("p*", kind="soft")  # search the registry
     vistok.count("cat.jpg", model="qwen2-vl-7b")  # what the image costs in a VLM (header only)
     vistok.reduce(tokens, "tome", ratio=0.25)  # shrink the tokens, provenance kept
+    vistok.vlm.patch(model, "visionzip", keep=64)  # a transformers VLM feeds its LM 64 tokens per image
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ _LAZY = {
 }
 
 
+#: Subpackages reachable as attributes without importing them first (they load torch).
+_SUBMODULES = {"vlm"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"vistok.{name}")
     if name not in _LAZY:
         raise AttributeError(f"module 'vistok' has no attribute {name!r}")
     module, attribute = _LAZY[name]
@@ -47,7 +54,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})
 
 
 __version__ = "0.2.0.dev0"
