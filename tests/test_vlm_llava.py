@@ -310,3 +310,49 @@ def test_bfloat16_model(llava):
     assert logits.dtype == torch.bfloat16 and logits.shape[1] == batch["input_ids"].shape[1] - 28
     assert out.shape[1] == batch["input_ids"].shape[1] + 2
     assert handle.stats[0]["after"] == 8
+
+
+def test_ask_reports_positions_and_matches_generate(llava):
+    model, proc, _ = llava
+    from vistok.vlm.run import ask
+
+    image = noise_image(5)
+    plain = ask(model, proc, image, "what is in the image", max_new_tokens=3)
+    reduced = ask(model, proc, image, "what is in the image", method="pool", keep=9, max_new_tokens=3)
+    assert plain.positions == plain.positions_unreduced == reduced.positions_unreduced
+    assert reduced.positions == plain.positions - 27
+    assert reduced.stats == [{"image": 0, "views": 1, "before": 36, "after": 9}]
+    assert "forward" not in model.__dict__  # ask unpatches
+    batch = dict(proc(images=image, text="<image> what is in the image", return_tensors="pt"))
+    with torch.no_grad(), vlm.patch(model, "pool", keep=9):
+        ref = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert reduced.token_ids == ref[0, batch["input_ids"].shape[1]:].tolist()
+
+
+def test_cli_vlm_compare_and_errors(llava, tmp_path):
+    from typer.testing import CliRunner
+
+    from vistok.cli import app
+
+    _, _, folder = llava
+    image = tmp_path / "noise.png"
+    noise_image(6).save(image)
+    runner = CliRunner()
+    result = runner.invoke(app, ["vlm", str(folder), str(image), "-p", "what is in the image", "-r", "pool:9",
+                                 "--compare", "-n", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    runs = json.loads(result.stdout)["runs"]
+    assert [r["method"] for r in runs] == [None, "pool"]
+    assert runs[0]["positions"] - runs[1]["positions"] == 27
+    assert runs[1]["stats"] == [{"image": 0, "views": 1, "before": 36, "after": 9}]
+    table = runner.invoke(app, ["vlm", str(folder), str(image), "-r", "pool:9", "-n", "1"])
+    assert table.exit_code == 0 and "36 -> 9" in table.stdout
+    bad = runner.invoke(app, ["vlm", str(folder), str(image), "-r", "visonzip:9"])
+    assert bad.exit_code == 2 and "did you mean 'visionzip'" in bad.output
+    missing = runner.invoke(app, ["vlm", str(tmp_path / "nope"), str(image)])
+    assert missing.exit_code == 2 and "no such model folder" in missing.output
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert runner.invoke(app, ["vlm", str(folder), str(broken)]).exit_code == 1

@@ -2,7 +2,7 @@
 
 One module per group of commands, registered here in the order ``vistok --help`` lists them:
 ``tokens`` (list, tokenize, inspect, show, reducers, classify), ``learned`` (fit-codebook, fit-patch,
-train, eval-recon), ``demo``, ``budget`` (count, models), ``fit``; ``_common`` holds what they share.
+train, eval-recon), ``demo``, ``budget`` (count, models), ``fit``, ``vlm``; ``_common`` holds what they share.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from vistok.cli import budget, demo, fit, learned, tokens
+from vistok.cli import budget, demo, fit, learned, tokens, vlm
 from vistok.cli._common import parse_config, parse_reduce
 
 app = typer.Typer(
@@ -54,6 +54,7 @@ app.command("fit")(fit.fit_command)
 app.command("models")(budget.models_command)
 app.command("train")(learned.train_command)
 app.command("eval-recon")(learned.eval_recon)
+app.command("vlm")(vlm.vlm_command)
 
 
 def main() -> None:
