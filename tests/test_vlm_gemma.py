@@ -128,7 +128,8 @@ def tower_signals(model, pixel_values):
 
 
 def reference_inputs(model, batch, method, keep, signal=False):
-    """``(inputs_embeds, mask, positions, ids)`` of the reduced prompt, assembled by hand."""
+    """``(inputs_embeds, mask, positions, ids, attention_mask)`` of the reduced prompt, assembled by hand;
+    positions count the real tokens only, as ``generate`` numbers left-padded rows."""
     inner, config = model.model, model.config
     with torch.no_grad():
         feats = inner.get_image_features(pixel_values=batch["pixel_values"]).pooler_output  # (I, n, D)
@@ -153,26 +154,27 @@ def reference_inputs(model, batch, method, keep, signal=False):
         keep_rows.append([p for p in range(len(row)) if p not in drop])
     ids = torch.stack([ids[b, rows] for b, rows in enumerate(keep_rows)])
     types = torch.stack([types[b, rows] for b, rows in enumerate(keep_rows)])
+    real = torch.stack([batch["attention_mask"][b, rows] for b, rows in enumerate(keep_rows)]).bool()
     embeds = model.get_input_embeddings()(ids).detach()
     embeds[ids == config.image_token_id] = torch.cat(reduced)
     length = ids.shape[1]
     q, k = torch.arange(length)[:, None], torch.arange(length)[None, :]
-    causal = k <= q
+    causal = (k <= q) & real[:, None, :]  # padding is never a key
     if isinstance(model, transformers.PaliGemmaForConditionalGeneration):
         prefix = types == 0  # the image and the prompt see each other both ways
-        allowed = causal | (prefix[:, :, None] & prefix[:, None, :])
+        allowed = causal | (prefix[:, :, None] & prefix[:, None, :] & real[:, None, :])
         mask = _additive(allowed)
-        positions = torch.arange(1, length + 1)[None]  # PaliGemma counts positions from 1
+        positions = real.long().cumsum(1)  # PaliGemma counts positions from 1
     else:
         image = types == 1
         starts = image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]
         block = torch.where(image, starts.cumsum(1), 0)  # each image's run is one block
-        same = (block[:, :, None] == block[:, None, :]) & image[:, :, None]
+        same = (block[:, :, None] == block[:, None, :]) & image[:, :, None] & real[:, None, :]
         allowed = causal | same
         mask = {"full_attention": _additive(allowed),
                 "sliding_attention": _additive(allowed & (k > q - config.text_config.sliding_window))}
-        positions = torch.arange(length)[None]
-    return embeds, mask, positions, ids
+        positions = (real.long().cumsum(1) - 1).clamp(min=0)
+    return embeds, mask, positions, ids, real
 
 
 def _additive(allowed):
@@ -180,7 +182,7 @@ def _additive(allowed):
 
 
 def reference_logits(model, batch, method, keep, signal=False):
-    embeds, mask, positions, _ = reference_inputs(model, batch, method, keep, signal)
+    embeds, mask, positions, _, _ = reference_inputs(model, batch, method, keep, signal)
     with torch.no_grad():
         hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask,
                                             position_ids=positions).last_hidden_state
@@ -189,7 +191,7 @@ def reference_logits(model, batch, method, keep, signal=False):
 
 def reference_generate(model, batch, method, keep, steps=5, signal=False):
     """Greedy decoding by hand: prefill the reduced prompt, then one token at a time through the cache."""
-    embeds, mask, positions, _ = reference_inputs(model, batch, method, keep, signal)
+    embeds, mask, positions, _, real = reference_inputs(model, batch, method, keep, signal)
     lm = model.model.language_model
     cache = transformers.DynamicCache(config=lm.config)
     new = []
@@ -200,8 +202,9 @@ def reference_generate(model, batch, method, keep, steps=5, signal=False):
             token = model.lm_head(hidden[:, -1]).argmax(-1)
             new.append(token)
             positions = positions[:, -1:] + 1
+            real = torch.cat([real, real.new_ones(real.shape[0], 1)], dim=1)
             hidden = lm(inputs_embeds=model.get_input_embeddings()(token[:, None]), position_ids=positions,
-                        cache=cache, use_cache=True).last_hidden_state
+                        attention_mask=real.long(), cache=cache, use_cache=True).last_hidden_state
     return torch.stack(new, dim=1)
 
 
@@ -311,7 +314,7 @@ def test_token_type_ids_stay_with_the_kept_tokens(family):
             logits(model, batch)
     finally:
         hook.remove()
-    _, _, _, ids = reference_inputs(model, batch, "divprune", 4)
+    ids = reference_inputs(model, batch, "divprune", 4)[3]
     assert torch.equal(seen["input_ids"], ids)
     image = ids == model.config.image_token_id
     types = seen["token_type_ids"]
@@ -356,3 +359,43 @@ def test_visual_tokens_are_what_the_lm_receives(family):
         feats = model.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output[0]
     np.testing.assert_allclose(tokens.values, feats.numpy(), atol=1e-6)
     assert tokens.grid == ((8, 8) if name == "paligemma" else (4, 4))
+
+
+def test_left_padded_prompts(family):
+    """Rows of different lengths, padded on the left as for generate: the kept tokens, positions and padding
+    mask match the reference in the forward (on the real positions) and in greedy decoding."""
+    name, model, _, proc = family
+    placeholder = FAMILIES[name][2]
+    texts = [f"{placeholder} what", f"{placeholder} what is in the image a cat"]
+    if name == "paligemma":
+        texts = [t.replace(" ", "", 1) for t in texts]
+    proc.tokenizer.padding_side = "left"
+    try:
+        batch = dict(proc(images=[[noise_image(0)], [noise_image(1)]], text=texts, return_tensors="pt",
+                          padding=True))
+    finally:
+        proc.tokenizer.padding_side = "right"
+    assert int((batch["attention_mask"] == 0).sum()) > 0
+    with vlm.patch(model, "tome", keep=3):
+        got = logits(model, batch)
+        out = model.generate(**batch, max_new_tokens=5, do_sample=False)
+    real = reference_inputs(model, batch, "tome", 3)[4]
+    want = reference_logits(model, batch, "tome", 3)
+    torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
+    assert torch.equal(out[:, batch["input_ids"].shape[1]:], reference_generate(model, batch, "tome", 3))
+
+
+def test_bfloat16(tmp_path):
+    """A bfloat16 model: features, reduction and scatter stay in the model's dtype; logits close to float32."""
+    build_gemma3(tmp_path)
+    proc = transformers.AutoProcessor.from_pretrained(tmp_path)
+    batch = inputs("gemma3", proc)
+    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in batch.items()}
+    with vlm.patch(model, "tome", keep=5) as handle:
+        got = logits(model, half)
+    assert got.dtype == torch.bfloat16 and handle.stats[0]["after"] == 5
+    full = _load("gemma3", tmp_path)
+    with vlm.patch(full, "tome", keep=5):
+        want = logits(full, batch)
+    torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.1)
