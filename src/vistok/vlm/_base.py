@@ -88,6 +88,11 @@ class Family:
         new["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
         return new
 
+    def unreduced_blocks(self, views: list[View]) -> list[tuple[int, int]] | None:
+        """``(n, n)`` per placeholder block when nothing is reduced, for ``stats`` where a block holds more LM
+        positions than its views' tokens (LLaVA-NeXT's newlines); None: the views' token counts."""
+        return None
+
     def tokens_grid(self, views: list[View]) -> tuple[int, int] | None:
         """The grid of one image's LM tokens for :func:`vistok.vlm.visual_tokens` (one view: its grid)."""
         return views[0].grid if len(views) == 1 else None
@@ -326,7 +331,7 @@ class PatchHandle:
         reduced = [self._reduce_view(view) for view in views]
         self.calls += 1
         if all(r is v.tokens for r, v in zip(reduced, views)):  # nothing to reduce: run the model untouched
-            self._record(views, reduced)
+            self._record(views, reduced, family.unreduced_blocks(views))
             return kwargs
         features, blocks = family.to_lm(model, views, reduced)
         new, keep = shorten(kwargs, family.placeholder_id(model), blocks, pad_token_id(model))
