@@ -11,14 +11,15 @@ scatters the reduced tokens into the LM embeddings by hand and runs the LM direc
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from processor_refs import tiny_tokenizer
 
 import vistok
 import vistok.vlm
+from processor_refs import tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -388,3 +389,13 @@ def test_mismatched_input_ids_are_refused(model, batch):
     inputs["input_ids"] = ids
     with vistok.vlm.patch(model, "pool", keep=4), pytest.raises(ValueError, match="row 0 of input_ids holds 0"):
         model(**inputs)
+
+
+def test_visual_tokens_are_the_connector_outputs_of_every_frame(model, proc):
+    image = _image(64, 64, 7)
+    tokens = vistok.vlm.visual_tokens(model, proc, image)
+    inputs = proc(images=[[image]], text=["<image>"], return_tensors="pt")
+    expected = _frames(model, inputs)[0].reshape(-1, model.config.text_config.hidden_size)
+    assert tokens.values.shape == (5 * PER_FRAME, 32) and tokens.grid is None  # 4 crops + global, no one grid
+    assert tokens.meta["views"] == 5
+    np.testing.assert_allclose(tokens.values, expected.numpy(), atol=1e-6)
