@@ -22,7 +22,7 @@ from vistok.tokens import Tokens
 
 __all__ = [
     "Method", "Reduction", "register_method", "list_methods", "method_info", "reduce", "keep_count",
-    "SIGNAL_SOURCES", "apply_assignment", "select", "top_k",
+    "SIGNAL_SOURCES", "apply_assignment", "select", "top_k", "reduce_tensor", "TensorReduction",
 ]
 
 #: Where each signal comes from, for the error raised when a method lacks one.
@@ -317,3 +317,59 @@ def select(n: int, kept: np.ndarray) -> Reduction:
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest scores; ties go to the earlier token (a stable, deterministic order)."""
     return np.argsort(-np.asarray(scores, np.float64), kind="stable")[:k]
+
+
+@dataclass
+class TensorReduction:
+    """What :func:`reduce_tensor` returns: ``values`` ``(B, K, D)`` in the input's dtype and device, ``assign``
+    ``(B, N)`` int64 (the output index of each input, ``-1`` = dropped), ``sizes`` ``(B, K)`` float (how many
+    patches each output stands for)."""
+
+    values: Any
+    assign: Any
+    sizes: Any
+
+
+def reduce_tensor(x: Any, method: str, *, keep: int | None = None, ratio: float | None = None, seed: int = 0,
+                  sizes: Any = None, grid: tuple[int, int] | None = None,
+                  **signals_and_options: Any) -> TensorReduction:
+    """:func:`reduce` on a torch batch ``x`` ``(B, N, D)`` (or ``(N, D)``, taken as ``B = 1``); signals as tensors
+    with the batch first (``cls_attention`` ``(B, N)``, ``keys`` ``(B, N, d)``, ``saliency`` ``(B, N)``,
+    ``query`` ``(B, D)`` or ``(D,)``); ``sizes`` ``(B, N)`` patches per token (default ones); ``grid`` shared."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"reduce_tensor takes a torch.Tensor (B, N, D), got {type(x).__name__}")
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"reduce_tensor: x must be (B, N, D) or (N, D), got shape {tuple(x.shape)}")
+    b, n, _ = x.shape
+    rows = []
+    for i in range(b):
+        row_signals = {}
+        for key, value in signals_and_options.items():
+            if key in SIGNAL_SOURCES and isinstance(value, torch.Tensor):
+                value = value if (key == "query" and value.ndim == 1) else value[i]
+                value = value.detach().float().cpu().numpy()
+            row_signals[key] = value
+        values = x[i].detach().float().cpu().numpy()
+        if sizes is None:
+            tokens = Tokens(values, grid=grid)
+        else:
+            row_sizes = np.asarray(sizes[i].detach().cpu().numpy() if hasattr(sizes, "detach") else sizes[i])
+            source = np.repeat(np.arange(n), np.maximum(row_sizes.round().astype(np.int64), 1))
+            tokens = Tokens(values, grid=grid, source=source, base_grid=(1, len(source)))
+        out = reduce(tokens, method, keep=keep, ratio=ratio, seed=seed, **row_signals)
+        if sizes is None:
+            assign = out.source
+        else:
+            first = np.concatenate([[0], np.cumsum(np.maximum(row_sizes.round().astype(np.int64), 1))[:-1]])
+            assign = out.source[first]
+        rows.append((out.values, assign, out.sizes))
+    if len({len(r[0]) for r in rows}) > 1:
+        raise ValueError(f"{method} gave a different token count per image; call reduce_tensor per image")
+    values = torch.stack([torch.from_numpy(np.ascontiguousarray(r[0])) for r in rows]).to(x.device, x.dtype)
+    assign = torch.stack([torch.from_numpy(np.asarray(r[1], np.int64)) for r in rows]).to(x.device)
+    out_sizes = torch.stack([torch.from_numpy(np.asarray(r[2], np.float32)) for r in rows]).to(x.device)
+    return TensorReduction(values, assign, out_sizes)
