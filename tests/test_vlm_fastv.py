@@ -161,16 +161,18 @@ def _no_grad_call(model, **inputs):
 
 
 def _greedy_reference(model, inputs, layer, keep, steps):
-    """Greedy tokens from :func:`manual_fastv` without a cache: the whole sequence recomputed each step."""
-    inputs = dict(inputs)
+    """Greedy tokens and each step's last logits from :func:`manual_fastv` without a cache: the whole
+    sequence recomputed at every step."""
+    inputs, logits_per_step = dict(inputs), []
     prompt = inputs["input_ids"].shape[1]
     for _ in range(steps):
         logits, _ = manual_fastv(model, inputs, layer, keep, prompt_length=prompt)
+        logits_per_step.append(logits[:, -1])
         token = logits[:, -1].argmax(-1, keepdim=True)
         inputs["input_ids"] = torch.cat([inputs["input_ids"], token], 1)
         inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(token)], 1)
         inputs["position_ids"] = _positions(inputs["attention_mask"])
-    return inputs["input_ids"]
+    return inputs["input_ids"], logits_per_step
 
 
 # -- keep everything: the unpatched model, bit for bit ---------------------------------------------------
@@ -239,11 +241,13 @@ def test_generate_matches_no_cache_reference(model, single, batch, which):
     inputs = single if which == "single" else batch
     inputs = {k: v for k, v in inputs.items() if k != "position_ids"}   # generate makes them from the mask
     with attach_fastv(model, layer=2, keep=4):
-        tokens = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    reference = _greedy_reference(model, dict(inputs, position_ids=_positions(inputs["attention_mask"])), 2, 4, 5)
-    assert torch.equal(tokens, reference)
-    unpatched = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    assert unpatched.shape == tokens.shape
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    tokens, logits = _greedy_reference(model, dict(inputs, position_ids=_positions(inputs["attention_mask"])),
+                                       2, 4, 5)
+    assert torch.equal(out.sequences, tokens)
+    for step, expected in zip(out.logits, logits, strict=True):
+        torch.testing.assert_close(step, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_kv_cache_holds_fewer_positions_after_the_layer(model, single):
