@@ -441,3 +441,21 @@ def test_onevision_video_passes_through_unreduced(onevision):
     embeds[short == video_id] = video
     assert handle.stats == [{"image": 0, "views": 3, "before": 72, "after": 12}]
     torch.testing.assert_close(got, lm_logits(model, embeds), rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_and_missing_image_sizes(vlm_model):
+    kind, model, proc, folder = vlm_model
+    half = type(model).from_pretrained(folder, dtype=torch.bfloat16).eval()
+    batch = make_batch(proc, side="left")
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    count = [int(n) for n in (batch["input_ids"] == model.config.image_token_id).sum(1)]
+    with torch.no_grad(), vlm.patch(half, "tome", keep=5) as handle:
+        logits = half(**batch).logits
+        out = half.generate(**batch, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    assert logits.dtype == torch.bfloat16 and bool(torch.isfinite(logits).all())
+    assert logits.shape[1] == batch["input_ids"].shape[1] - min(c - 5 * v for c, v in zip(count, (3, 5)))
+    assert [s["after"] for s in handle.stats] == [15, 25]
+    assert out.shape == (2, batch["input_ids"].shape[1] + 2)
+    del batch["image_sizes"]
+    with vlm.patch(model, "pool", keep=4), pytest.raises(ValueError, match="needs image_sizes with pixel_values"):
+        model(**batch)

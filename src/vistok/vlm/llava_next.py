@@ -90,6 +90,9 @@ class LlavaNext(Llava):
 
     def encode(self, model: Any, kwargs: dict[str, Any], signals: set[str]) -> list[View]:
         inner, config = model.model, model.config
+        if kwargs.get("image_sizes") is None:
+            raise ValueError(f"{self.label} needs image_sizes with pixel_values (each image's crop grid depends on "
+                             "it); pass the processor's outputs unchanged")
         layer = _config_value(kwargs, config, "vision_feature_layer")
         strategy = _config_value(kwargs, config, "vision_feature_select_strategy")
         store: dict[str, torch.Tensor] = {}
