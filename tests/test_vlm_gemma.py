@@ -73,7 +73,10 @@ def build_gemma3(folder):
                                        mm_tokens_per_image=16, boi_token_index=tok.boi_token_id,
                                        eoi_token_index=tok.eoi_token_id, image_token_index=tok.image_token_id)
     torch.manual_seed(0)
-    transformers.Gemma3ForConditionalGeneration(config).save_pretrained(folder)
+    model = transformers.Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers starts the projection at zero: every image would give zero features
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
     proc.save_pretrained(folder)
 
 
@@ -96,7 +99,11 @@ def family(request, tmp_path_factory):
     name = request.param
     folder = tmp_path_factory.mktemp(f"tiny-{name}")
     FAMILIES[name][0](folder)
-    return name, _load(name, folder), _load(name, folder), transformers.AutoProcessor.from_pretrained(folder)
+    model, proc = _load(name, folder), transformers.AutoProcessor.from_pretrained(folder)
+    with torch.no_grad():  # distinct features per token, or any reduction would look right
+        feats = model.model.get_image_features(pixel_values=inputs(name, proc)["pixel_values"]).pooler_output
+    assert float(feats[0].std(dim=0).min()) > 0.01
+    return name, model, _load(name, folder), proc
 
 
 def inputs(name, proc, images=1, per_row=1, **extra):
