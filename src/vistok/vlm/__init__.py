@@ -83,7 +83,8 @@ def patch(model: Any, method: str, *, keep: int | None = None, ratio: float | No
                 value = view.attention_received
             if value is not None:
                 signals[name] = value
-        return _reduce_tensor(view.tokens, method, k, seed, view.grid, signals, options)
+        values, view.assign = _reduce_tensor(view.tokens, method, k, seed, view.grid, signals, options)
+        return values
 
     handle = PatchHandle(model, method, family, reduce_view)
     handle.install()
@@ -91,7 +92,8 @@ def patch(model: Any, method: str, *, keep: int | None = None, ratio: float | No
 
 
 def _reduce_tensor(tokens: torch.Tensor, method: str, k: int | None, seed: int, grid: tuple[int, int] | None,
-                   signals: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
+                   signals: dict[str, torch.Tensor], options: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """The reduced ``(k, D)`` tokens and the assignment ``(n,)`` (output index of each input, -1 dropped)."""
     try:
         from vistok.reducers import reduce_tensor
     except ImportError:  # numpy edge
@@ -101,10 +103,12 @@ def _reduce_tensor(tokens: torch.Tensor, method: str, k: int | None, seed: int, 
         source = Tokens(values=tokens.detach().float().cpu().numpy(), grid=grid)
         out = reduce(source, method, keep=k, seed=seed,
                      **{n: v.detach().float().cpu().numpy() for n, v in signals.items()}, **options)
-        return torch.from_numpy(np.ascontiguousarray(out.values)).to(tokens.device, tokens.dtype)
+        assign = torch.from_numpy(np.asarray(out.source).reshape(-1).astype(np.int64)).to(tokens.device)
+        return torch.from_numpy(np.ascontiguousarray(out.values)).to(tokens.device, tokens.dtype), assign
     result = reduce_tensor(tokens[None], method, keep=k, seed=seed, grid=grid,
                            **{n: v[None] for n, v in signals.items()}, **options)
-    return result.values[0]
+    assign = getattr(result, "assign", None)
+    return result.values[0], (assign[0] if assign is not None else None)
 
 
 def _patch_fastv(model: Any, *, keep: int | None, ratio: float | None, **options: Any) -> PatchHandle:

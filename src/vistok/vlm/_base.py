@@ -38,7 +38,9 @@ class View:
     ``tokens`` ``(n, D)`` at the reduction point; ``grid`` ``(rows, cols)`` when they tile a grid row-major;
     ``image`` the batch-order index of the image; the signals, when captured: ``cls_attention`` ``(n,)`` (softmax
     attention from CLS, mean over heads), ``keys`` ``(n, d)`` (mean over heads), ``attention_received`` ``(n,)``
-    (mean attention each token receives, for towers without CLS)."""
+    (mean attention each token receives, for towers without CLS). ``assign`` ``(n,)`` long is set by the
+    reduction: the output token each input went to (``-1`` dropped), for families that place outputs by their
+    inputs (Qwen's M-RoPE positions)."""
 
     tokens: torch.Tensor
     grid: tuple[int, int] | None
@@ -46,6 +48,7 @@ class View:
     cls_attention: torch.Tensor | None = None
     keys: torch.Tensor | None = None
     attention_received: torch.Tensor | None = None
+    assign: torch.Tensor | None = None
 
 
 class Family:
