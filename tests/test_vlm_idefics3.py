@@ -175,6 +175,8 @@ def _manual_embeds(model, inputs, reduced, keep):
         mask_row = inputs["attention_mask"][len(rows)].tolist()
         kept_ids, kept_mask, vectors, run = [], [], [], 0
         for position, token in enumerate(ids):
+            if mask_row[position] == 0:  # old padding is dropped before re-padding
+                continue
             if token == image_id:
                 if run == 0:
                     current = next(features)
@@ -245,8 +247,8 @@ def test_reduced_forward_matches_manual_reference(model, batch, method, keep, op
     assert [r.shape[0] for r in reduced] == [keep] * 8
     embeds, mask = _manual_embeds(model, batch, reduced, keep)
     expected = _lm_logits(model, embeds, mask)
-    # the first row loses 3 frames' worth and sets the width (its left padding stays padding)
-    assert logits.shape == expected.shape == (2, 96 - 3 * (PER_FRAME - keep), model.config.text_config.vocab_size)
+    # old padding is dropped and rows re-padded: the width is the longest shortened row (the 5-frame one)
+    assert logits.shape == expected.shape == (2, 96 - 5 * (PER_FRAME - keep), model.config.text_config.vocab_size)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
     assert handle.stats == [{"image": 0, "views": 3, "before": 48, "after": 3 * keep},
                             {"image": 1, "views": 5, "before": 80, "after": 5 * keep}]
@@ -293,7 +295,8 @@ def test_markers_kept_around_each_frame(model, proc, batch):
         assert torch.equal(new["input_ids"][row][new["attention_mask"][row] == 1],
                            short["input_ids"][row][short["attention_mask"][row] == 1])
     assert keep.shape == batch["input_ids"].shape
-    assert int((~keep).sum()) == 8 * (PER_FRAME - 3)
+    # the dropped placeholders, and the old padding (rows are re-padded to the longest shortened row)
+    assert int((~keep).sum()) == 8 * (PER_FRAME - 3) + int((batch["attention_mask"] == 0).sum())
 
 
 def test_two_images_in_one_prompt_are_counted_apart(model, proc):
@@ -307,7 +310,9 @@ def test_two_images_in_one_prompt_are_counted_apart(model, proc):
     assert handle.stats == [{"image": 0, "views": 3, "before": 48, "after": 6},
                             {"image": 1, "views": 5, "before": 80, "after": 10},
                             {"image": 2, "views": 3, "before": 48, "after": 6}]
-    assert logits.shape[1] == inputs["input_ids"].shape[1] - 3 * 14  # the row that lost least sets the width
+    # old padding is dropped: the width is the longest row once its placeholders are removed
+    real = inputs["attention_mask"].sum(dim=1).tolist()
+    assert logits.shape[1] == max(real[0] - (42 + 70), real[1] - 42)
     assert out.shape == (2, inputs["input_ids"].shape[1] + 3)
 
 
@@ -368,7 +373,7 @@ def test_bfloat16_model_runs_reduced(saved, batch):
     with vistok.vlm.patch(half, "visionzip", keep=4, signal="attention_received") as handle, torch.no_grad():
         logits = half(**inputs).logits
         out = half.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
-    assert logits.dtype == torch.bfloat16 and logits.shape[1] == 96 - 3 * 12
+    assert logits.dtype == torch.bfloat16 and logits.shape[1] == 96 - 5 * 12
     assert out.shape == (2, 98)
     assert [s["after"] for s in handle.stats] == [12, 20]
 

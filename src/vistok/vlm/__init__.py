@@ -53,7 +53,7 @@ def patch(model: Any, method: str, *, keep: int | None = None, ratio: float | No
     if needs_cls and not family.cls_token and signal != "attention_received":
         from vistok.reducers.core import list_methods
 
-        working = [m for m in list_methods() if "cls_attention" not in method_info(m).needs]
+        working = [m for m in list_methods() if set(method_info(m).needs) <= {"keys"}]
         raise ValueError(f"{method} ranks tokens by the attention from a CLS token, and {family.label}'s vision "
                          f"tower has none; use one of {', '.join(working)} or fastv, or pass "
                          "signal='attention_received' to rank by the mean attention each token receives")

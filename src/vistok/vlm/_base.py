@@ -147,12 +147,14 @@ def capture_attention(attention: torch.nn.Module, store: dict[str, torch.Tensor]
                       signals: set[str]) -> Iterator[None]:
     """Record attention signals of one HF CLIP/SigLIP-style attention module (``q_proj``, ``k_proj``,
     ``head_dim``, ``scale``) during the next forward, into ``store`` as ``(B, T, ...)`` float32 tensors:
-    ``attention`` (softmax probabilities ``(B, H, T, T)``, computed here from q and k so the module itself keeps
-    SDPA) when ``cls_attention`` or ``attention_received`` is asked for, ``keys`` ``(B, T, head_dim)`` (mean
+    ``attention`` (softmax probabilities averaged over heads, ``(B, T, T)``, computed here from q and k with the
+    module's attention mask, so the module itself keeps SDPA) when ``cls_attention`` or ``attention_received``
+    is asked for, ``keys`` ``(B, T, head_dim)`` (mean
     over heads) when ``keys`` is."""
 
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
+        mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
         batch, length = hidden.shape[:2]
         head_dim = module.head_dim
         keys = module.k_proj(hidden).view(batch, length, -1, head_dim).float()
@@ -160,8 +162,15 @@ def capture_attention(attention: torch.nn.Module, store: dict[str, torch.Tensor]
             store["keys"] = keys.mean(dim=2)
         if signals & {"cls_attention", "attention_received"}:
             queries = module.q_proj(hidden).view(batch, length, -1, head_dim).float()
-            scores = torch.einsum("bqhd,bkhd->bhqk", queries, keys) * float(module.scale)
-            store["attention"] = scores.softmax(dim=-1)
+            total = None
+            for head in range(keys.shape[2]):  # one head at a time: (B, T, T) memory, not (B, H, T, T)
+                scores = queries[:, :, head] @ keys[:, :, head].transpose(1, 2) * float(module.scale)
+                if mask is not None:
+                    scores = (scores.masked_fill(~mask[:, 0], float("-inf")) if mask.dtype == torch.bool
+                              else scores + mask[:, 0].float())
+                probs = scores.softmax(dim=-1)
+                total = probs if total is None else total + probs
+            store["attention"] = total / keys.shape[2]
 
     handle = attention.register_forward_hook(hook, with_kwargs=True)
     try:
@@ -174,10 +183,10 @@ def signals_from(store: dict[str, torch.Tensor], row: int, tokens: slice, cls_in
     """Per-token signals of one batch row, for the tokens at ``tokens`` of the tower's sequence."""
     out: dict[str, Any] = {}
     if "attention" in store:
-        probs = store["attention"][row]  # (H, T, T)
+        probs = store["attention"][row]  # (T, T), mean over heads
         if cls_index is not None:
-            out["cls_attention"] = probs[:, cls_index, tokens].mean(dim=0)
-        out["attention_received"] = probs.mean(dim=(0, 1))[tokens]
+            out["cls_attention"] = probs[cls_index, tokens]
+        out["attention_received"] = probs.mean(dim=0)[tokens]
     if "keys" in store:
         out["keys"] = store["keys"][row, tokens]
     return out
@@ -204,11 +213,13 @@ def shorten(kwargs: dict[str, Any], placeholder: int, blocks: list[tuple[int, in
         keep[positions[start + after:start + before]] = False
         start += before
     keep = keep.view_as(input_ids)
+    mask = kwargs.get("attention_mask")
+    left = not (mask is not None and mask.dim() == 2 and bool((mask[:, -1] == 0).any()))
+    if mask is not None and mask.shape == input_ids.shape and not bool(keep.sum(dim=1).eq(keep.shape[1]).all()):
+        keep &= mask.bool()  # old padding goes too, so the re-padded batch is as narrow as its longest row
     new = dict(kwargs)
     lengths = keep.sum(dim=1)
     width = int(lengths.max())
-    mask = kwargs.get("attention_mask")
-    left = not (mask is not None and mask.dim() == 2 and bool((mask[:, -1] == 0).any()))
     for key in PER_POSITION_KEYS:
         value = kwargs.get(key)
         if not isinstance(value, torch.Tensor) or value.shape[-2:] != input_ids.shape:

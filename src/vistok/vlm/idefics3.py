@@ -101,7 +101,7 @@ def _frame_signals(inner: Any, store: dict[str, torch.Tensor], valid: torch.Tens
     """Per-frame signals at the connector's tokens: ``attention_received`` ``(F, n)``, ``keys`` ``(F, n, s*s*d)``."""
     out: dict[str, torch.Tensor] = {}
     if "attention" in store and signals & {"attention_received", "cls_attention"}:
-        probs = store["attention"].mean(dim=1)  # (F, T queries, T keys), mean over heads
+        probs = store["attention"]  # (F, T queries, T keys), mean over heads
         if valid is not None:  # the tower masks padded patches: renormalise over real keys, average real queries
             keys_ok = valid[:, None, :].to(probs.dtype)
             probs = probs * keys_ok / (probs * keys_ok).sum(dim=-1, keepdim=True)
