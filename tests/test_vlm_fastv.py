@@ -339,3 +339,76 @@ def test_attach_twice_and_missing_language_model(model):
         attach_fastv(model, layer=2, keep=4)
     with pytest.raises(ValueError, match="no model.model.language_model.layers"):
         attach_fastv(torch.nn.Linear(2, 2), keep=4)
+
+
+# -- labels: the loss of the kept positions ---------------------------------------------------------------
+
+def test_labels_score_each_kept_logit_against_the_next_input_token(model, single):
+    labels = single["input_ids"].clone()
+    plain = _no_grad_call(model, **single, labels=labels).loss
+    with attach_fastv(model, layer=2, keep=N_IMAGE):
+        assert torch.equal(_no_grad_call(model, **single, labels=labels).loss, plain)
+    with attach_fastv(model, layer=2, keep=4) as state:
+        out = _no_grad_call(model, **single, labels=labels)
+    kept = state.kept_positions[0]
+    following = torch.cat([labels[0, 1:], torch.tensor([-100])])[kept]
+    expected = torch.nn.functional.cross_entropy(out.logits[0].float(), following, ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+# -- other families: the ranking is the layer's own eager attention; generate and the cache ----------------
+
+def _qwen2_vl(folder):
+    import test_vlm_qwen as qwen
+
+    model_cls = qwen.build("qwen2", folder)
+    proc = transformers.AutoProcessor.from_pretrained(folder)
+    return model_cls, qwen.inputs(proc, [qwen.noise_image(0), qwen.noise_image(1)])
+
+
+def _gemma(name):
+    def build(folder):
+        import test_vlm_gemma as gemma
+
+        gemma.FAMILIES[name][0](folder)
+        proc = transformers.AutoProcessor.from_pretrained(folder)
+        return getattr(transformers, gemma.FAMILIES[name][1]), gemma.inputs(name, proc, images=2)
+
+    return build
+
+
+@pytest.fixture(scope="module", params=["qwen2-vl", "paligemma", "gemma3"])
+def other_family(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    build = {"qwen2-vl": _qwen2_vl, "paligemma": _gemma("paligemma"), "gemma3": _gemma("gemma3")}[request.param]
+    model_cls, inputs = build(folder)
+    inputs.pop("labels", None)
+    model = model_cls.from_pretrained(folder).eval()
+    model.generation_config.eos_token_id = None
+    eager = model_cls.from_pretrained(folder, attn_implementation="eager").eval()
+    return model, eager, inputs
+
+
+def test_ranking_is_the_layers_eager_attention_in_other_families(other_family):
+    model, eager, inputs = other_family
+    with attach_fastv(model, layer=1, keep=3) as state:
+        _no_grad_call(model, **inputs)
+    attentions = _no_grad_call(eager, **inputs, output_attentions=True).attentions
+    expected = attentions[0][:, :, -1].float().mean(1)          # layer 0, last prompt token, mean over heads
+    torch.testing.assert_close(state.attention, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_other_families_keep_all_generate_and_cache(other_family):
+    model, _, inputs = other_family
+    n_image = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
+    length = inputs["input_ids"].shape[1]
+    plain = _no_grad_call(model, **inputs).logits
+    plain_tokens = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    with attach_fastv(model, layer=1, keep=n_image):
+        assert torch.equal(_no_grad_call(model, **inputs).logits, plain)
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), plain_tokens)
+    with attach_fastv(model, layer=1, keep=3) as state:
+        cache = _no_grad_call(model, **inputs, use_cache=True).cache
+        tokens = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert cache.layers[1].keys.shape[-2] == length - n_image + 3
+    assert tokens.shape == (2, length + 3) and [s["after"] for s in state.stats] == [3, 3]

@@ -34,8 +34,11 @@ the share kept, as in :func:`vistok.reduce`.
 A plain forward returns logits for the kept positions only (``state.kept_positions`` holds their original
 indices, ``(B, L')``). Scope: language models built like Llama/Qwen2/Mistral/Gemma decoders
 (``model.model.language_model.layers``, each with ``self_attn.q_proj``/``k_proj``), a dynamic KV cache
-(``DynamicCache``, the ``generate`` default), full attention in the layers ``>= K`` (no sliding-window
-layers there), and the ``sdpa``, ``eager`` or flash attention implementations.
+(``DynamicCache``, the ``generate`` default), full or sliding-window attention in the layers ``>= K``
+(sliding-window layers only while the whole sequence fits in the window: a longer one is refused, since a
+shortened layer would slide over different tokens), and the ``sdpa``, ``eager`` or flash attention
+implementations (flex attention's block masks cannot be shortened). Tested on LLaVA with Llama and Qwen2
+language models; Qwen2-VL, PaliGemma and Gemma 3 language models follow the same layer interface.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ class _Call:
     scores: torch.Tensor | None = None          # (B, L) float32 attention of the last token, layer K-1
     kept: torch.Tensor | None = None            # (B, L') positions kept for the layers >= K
     length: int = 0                             # prompt length L (decode: the prefill's)
+    total: int = 0                              # decode: positions in the full numbering, new ones included
+    padding: torch.Tensor | None = None         # decode: the (B, total) 2-D attention mask, if given
+    new: int = 0                                # decode: new positions in this forward
     memo: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # id(input) -> (input, shortened)
 
 
@@ -69,17 +75,22 @@ class _Call:
 class FastVState:
     """FastV attached to one model instance. ``stats``: one dict per image run of the last prefill,
     ``{"image", "row", "views", "before", "after", "layer"}``; ``kept_positions``: ``(B, L')`` original positions
-    the layers ``>= layer`` ran on. :meth:`detach` removes every hook and restores the model."""
+    the layers ``>= layer`` ran on; ``attention``: ``(B, L)`` float32 attention of the last prompt token in layer
+    ``layer - 1``, mean over heads (the ranking). :meth:`detach` removes every hook and restores the model."""
     layer: int
     keep: int | None
     ratio: float | None
     image_token_id: int
     stats: list[dict[str, int]] = field(default_factory=list)
     kept_positions: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
     _model: Any = field(default=None, repr=False)
     _hooks: list[Any] = field(default_factory=list, repr=False)
     _caches: Any = field(default_factory=weakref.WeakKeyDictionary, repr=False)
     _call: _Call | None = field(default=None, repr=False)
+    _window: int | None = field(default=None, repr=False)
+    _labels: Any = field(default=None, repr=False)
+    _pruned: bool = field(default=False, repr=False)
 
     @property
     def attached(self) -> bool:
@@ -121,11 +132,13 @@ def attach_fastv(model: Any, *, layer: int = 2, keep: int | None = None, ratio: 
                          f"{n_layers} layers; tokens are dropped before that layer), got {layer!r}")
     _check_size(keep, ratio)
     token_id = _image_token_id(model, image_token_id)
-    _check_layers(lm, layer)
+    window = _check_layers(lm, layer)
     if getattr(model, _ATTR, None) is not None:
         raise ValueError("fastv: this model already has FastV attached; call .detach() on its state first")
 
-    state = FastVState(layer=layer, keep=keep, ratio=ratio, image_token_id=token_id, _model=model)
+    state = FastVState(layer=layer, keep=keep, ratio=ratio, image_token_id=token_id, _model=model, _window=window)
+    state._hooks.append(model.register_forward_pre_hook(_labels_hook(state), with_kwargs=True))
+    state._hooks.append(model.register_forward_hook(_loss_hook(state), always_call=True))
     state._hooks.append(vlm.register_forward_pre_hook(_call_hook(state, lm), with_kwargs=True))
     state._hooks.append(vlm.register_forward_hook(_end_hook(state), always_call=True))
     state._hooks.append(layers[layer - 1].self_attn.register_forward_pre_hook(_rank_hook(state), with_kwargs=True))
@@ -170,7 +183,7 @@ def _image_token_id(model: Any, given: int | None) -> int:
     return int(found)
 
 
-def _check_layers(lm: Any, layer: int) -> None:
+def _check_layers(lm: Any, layer: int) -> int | None:
     attn = lm.layers[layer - 1].self_attn
     if not all(hasattr(attn, name) for name in ("q_proj", "k_proj", "head_dim", "scaling")):
         raise ValueError(f"fastv: {type(attn).__name__} has no q_proj/k_proj/head_dim/scaling; FastV supports "
@@ -179,11 +192,22 @@ def _check_layers(lm: Any, layer: int) -> None:
     if impl == "flex_attention":
         raise ValueError("fastv: flex_attention masks cannot be shortened; load the model with "
                          "attn_implementation='sdpa', 'eager' or a flash attention")
-    types = getattr(lm.config, "layer_types", None) or []
-    sliding = [i for i, kind in enumerate(types) if i >= layer and kind != "full_attention"]
-    if sliding:
-        raise ValueError(f"fastv: layers {sliding} of the language model are not full attention ({types[sliding[0]]}); "
-                         "FastV needs full attention after the pruning layer: pick layer= after them or another model")
+    return _sliding_window(lm.config, len(lm.layers), layer)
+
+
+def _sliding_window(config: Any, n_layers: int, layer: int) -> int | None:
+    """The sliding window of the layers ``>= layer`` if any of them slides (they are then shortened only while
+    the sequence fits in it), else None."""
+    window = getattr(config, "sliding_window", None)
+    kinds = getattr(config, "layer_types", None)
+    if kinds is None:
+        kinds = ["sliding_attention" if window is not None else "full_attention"] * n_layers
+    later = set(kinds[layer:])
+    if later - {"full_attention", "sliding_attention"}:
+        odd = sorted(later - {"full_attention", "sliding_attention"})
+        raise ValueError(f"fastv: the language model has {odd[0]} layers after layer {layer}; FastV supports "
+                         "full and sliding-window attention there")
+    return int(window) if "sliding_attention" in later else None
 
 
 # -- hooks -------------------------------------------------------------------------------------------------
@@ -197,16 +221,66 @@ def _call_hook(state: FastVState, lm: Any):
         ids = kwargs.get("input_ids", args[0] if args else None)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        if state._window is not None and ids is not None and past + ids.shape[-1] > state._window:
+            raise ValueError(f"fastv: the sequence reaches {past + ids.shape[-1]} positions, more than the sliding "
+                             f"window ({state._window}) of the layers after layer {state.layer}; FastV shortens "
+                             "sliding-window layers only while the whole sequence fits in their window")
         if past:  # a later forward on a cache: FastV ranked at prefill; these tokens are all kept
             info = _cache_info(state, cache)
             if info is not None:
-                state._call = _Call("decode", kept=info[0], length=info[1])
+                mask = kwargs.get("attention_mask")
+                padding = mask if mask is not None and mask.dim() == 2 else None
+                new = ids.shape[-1] if ids is not None else kwargs["inputs_embeds"].shape[1]
+                state._call = _Call("decode", kept=info[0], length=info[1], total=past + new, padding=padding,
+                                    new=new)
             return
         if ids is None:
             raise ValueError("fastv: the forward got no input_ids; FastV finds image tokens in input_ids "
                              "(pass input_ids, not inputs_embeds)")
         _check_cache(cache, state.layer)
         state._call = _plan(state, ids, kwargs.get("attention_mask"))
+
+    return hook
+
+
+def _labels_hook(state: FastVState):
+    """Pre-hook on the VLM: hold ``labels`` back, since the logits of a pruned forward cover the kept
+    positions only; :func:`_loss_hook` computes the loss once those are known."""
+
+    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        state._labels, state._pruned = kwargs.get("labels"), False
+        if state._labels is None:
+            return None
+        kwargs["labels"] = None
+        return args, kwargs
+
+    return hook
+
+
+def _loss_hook(state: FastVState):
+    """Post-hook on the VLM: the causal-LM loss of the logits it returned. After pruning, the logit at kept
+    position ``p`` is scored against the label of position ``p + 1`` (the token that follows in the input,
+    whether or not it was kept)."""
+
+    def hook(module: Any, args: tuple, output: Any) -> Any:
+        labels, state._labels = state._labels, None
+        if labels is None:
+            return None
+        import torch
+
+        logits = output["logits"] if not isinstance(output, tuple) else output[0]
+        vocab = module.config.get_text_config().vocab_size
+        kept = state.kept_positions
+        if state._pruned and kept is not None and logits.shape[1] == kept.shape[1]:
+            following = torch.nn.functional.pad(labels, (0, 1), value=-100)
+            target = torch.gather(following.to(kept.device), 1, kept + 1)
+            loss = module.loss_function(logits=logits, labels=None, vocab_size=vocab, shift_labels=target)
+        else:
+            loss = module.loss_function(logits=logits, labels=labels, vocab_size=vocab)
+        if isinstance(output, tuple):
+            return (loss, *output)
+        output["loss"] = loss
+        return output
 
     return hook
 
@@ -362,7 +436,7 @@ def _select(state: FastVState, call: _Call) -> None:
             image_no += 1
     positions = torch.arange(call.length, device=scores.device).expand(batch, -1)
     call.kept = positions[keep].view(batch, -1)
-    state.stats = stats
+    state.stats, state._pruned, state.attention = stats, True, scores
     state.kept_positions = call.kept
 
 
@@ -394,8 +468,12 @@ def _shorten(kwargs: dict, call: _Call, flash: bool) -> None:
 
     kept = call.kept
     mask = kwargs.get("attention_mask")
+    if call.mode == "decode":
+        if mask is not None or call.padding is not None:
+            kwargs["attention_mask"] = once(mask, lambda m: _decode_mask(m, call, flash))
+        return
     if isinstance(mask, torch.Tensor):
-        kwargs["attention_mask"] = once(mask, lambda m: _shorten_mask(m, call))
+        kwargs["attention_mask"] = once(mask, lambda m: _prefill_mask(m, call))
     if call.mode == "prefill":
         pos = kwargs.get("position_embeddings")
         if isinstance(pos, tuple):
@@ -405,19 +483,37 @@ def _shorten(kwargs: dict, call: _Call, flash: bool) -> None:
             kwargs["position_ids"] = None if flash else once(ids, lambda p: _take(p, kept, -1, -2))
 
 
-def _shorten_mask(mask: torch.Tensor, call: _Call) -> torch.Tensor:
+def _prefill_mask(mask: torch.Tensor, call: _Call) -> torch.Tensor:
+    """The prefill mask (sized for the whole prompt: every cache is empty) at the kept queries and keys."""
+    if mask.dim() == 2:  # flash: a (B, L) padding mask
+        return _take(mask, call.kept, 1, 0)
+    return _take(_take(mask, call.kept, 2, 0), call.kept, 3, 0)
+
+
+def _decode_mask(mask: torch.Tensor | None, call: _Call, flash: bool) -> torch.Tensor | None:
+    """The mask of a shortened layer for new tokens, rebuilt from the 2-D padding mask: the keys it holds are
+    the kept prompt positions followed by every later position, and a query sees the keys up to its own
+    position. (The model sizes its decode masks from the cache of the first layer of each kind, which may be
+    a shortened one, so its mask is not reused.) Its format follows ``mask``: 2-D for flash, else 4-D, bool or
+    additive in the mask's dtype."""
     import torch
 
-    kv = mask.shape[-1]
-    kv_idx = call.kept
-    if kv > call.length:  # decode: the new positions follow the prompt in every layer
-        new = torch.arange(call.length, kv, device=kv_idx.device).expand(kv_idx.shape[0], -1)
-        kv_idx = torch.cat([kv_idx, new], dim=1)
-    if mask.dim() == 2:  # flash: a (B, kv) padding mask
-        return _take(mask, kv_idx, 1, 0)
-    if call.mode == "prefill":
-        mask = _take(mask, call.kept, 2, 0)
-    return _take(mask, kv_idx, 3, 0)
+    kept = call.kept
+    batch, device = kept.shape[0], kept.device
+    later = torch.arange(call.length, call.total, device=device).expand(batch, -1)
+    keys = torch.cat([kept, later], dim=1)                                     # (B, kv') original positions
+    padding = call.padding
+    if padding is None:
+        padding = torch.ones(batch, call.total, dtype=torch.bool, device=device)
+    allowed = torch.gather(padding.to(device).bool(), 1, keys)               # (B, kv')
+    if flash or (mask is not None and mask.dim() == 2):
+        return allowed.to(mask.dtype) if mask is not None else allowed.long()
+    queries = torch.arange(call.total - call.new, call.total, device=device)
+    allowed = allowed[:, None, None, :] & (keys[:, None, None, :] <= queries[None, None, :, None])
+    if mask is None or mask.dtype == torch.bool:
+        return allowed
+    zero = torch.zeros((), dtype=mask.dtype, device=device)
+    return torch.where(allowed, zero, torch.finfo(mask.dtype).min)
 
 
 # -- the KV cache ------------------------------------------------------------------------------------------
@@ -425,9 +521,10 @@ def _shorten_mask(mask: torch.Tensor, call: _Call) -> torch.Tensor:
 def _check_cache(cache: Any, layer: int) -> None:
     if cache is None or not hasattr(cache, "layers"):
         return
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-    odd = [i for i, lay in enumerate(cache.layers) if i >= layer and type(lay) is not DynamicLayer]
+    kinds = (DynamicLayer, DynamicSlidingWindowLayer)
+    odd = [i for i, lay in enumerate(cache.layers) if i >= layer and type(lay) not in kinds]
     if odd:
         raise ValueError(f"fastv: the KV cache's layer {odd[0]} is a {type(cache.layers[odd[0]]).__name__}; FastV "
                          "shortens the cache of the layers after the pruning layer and needs a DynamicCache "
