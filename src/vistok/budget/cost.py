@@ -13,6 +13,7 @@ counted as full attention, so the numbers are upper bounds there.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -44,6 +45,33 @@ class LMConfig:
         for label in ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate"):
             if int(getattr(self, label)) <= 0:
                 raise ValueError(f"LM {label} must be positive, got {getattr(self, label)!r}")
+
+    @classmethod
+    def from_transformers(cls, config: Any, name: str | None = None) -> LMConfig:
+        """The shape of the language model in a transformers config: a ``PretrainedConfig`` (a VLM's is read
+        through ``get_text_config()``) or a ``config.json`` dict (its ``text_config``, when it has one).
+        ``head_dim`` defaults to ``hidden_size // num_attention_heads`` and ``num_key_value_heads`` to the
+        head count, as transformers does; Mllama's ``cross_attention_layers`` list is counted."""
+        if isinstance(config, dict):
+            text = config.get("text_config") or config
+            get = text.get
+        else:
+            text = config.get_text_config() if hasattr(config, "get_text_config") else config
+            get = functools.partial(getattr, text)
+        missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+                   if get(k, None) is None]
+        if missing:
+            what = "the config dict" if isinstance(config, dict) else type(text).__name__
+            raise ValueError(f"{what} has no {missing[0]}: pass a decoder language model's config "
+                             "(or a VLM config whose text config has num_hidden_layers, hidden_size, "
+                             "num_attention_heads, intermediate_size)")
+        heads = int(get("num_attention_heads", 0))
+        return cls(layers=int(get("num_hidden_layers", 0)), hidden=int(get("hidden_size", 0)), heads=heads,
+                   kv_heads=int(get("num_key_value_heads", None) or heads),
+                   head_dim=int(get("head_dim", None) or int(get("hidden_size", 0)) // heads),
+                   intermediate=int(get("intermediate_size", 0)),
+                   cross_attention_layers=len(get("cross_attention_layers", None) or ()),
+                   name=name or str(get("model_type", None) or "custom"), source="transformers config")
 
     @property
     def self_attention_layers(self) -> int:
@@ -108,7 +136,7 @@ def cost(
     count: TokenCount | int,
     lm: str | LMConfig | dict[str, Any] | None = None,
     *,
-    dtype: str = "bfloat16",
+    dtype: str | Any = "bfloat16",
     prompt_tokens: int = 0,
 ) -> Cost:
     """KV-cache bytes and prefill FLOPs that the image adds to ``lm``.
@@ -116,8 +144,11 @@ def cost(
     ``count`` is a :class:`TokenCount` (its ``total_positions`` occupy the cache, wrappers included) or a
     plain number of positions. ``lm`` is a preset name (see :func:`lm_presets`), an :class:`LMConfig` or a
     dict of its fields; by default the LM of the counted model. ``prompt_tokens`` is the text before
-    the image, which the image tokens attend to (the quadratic term grows with it).
+    the image, which the image tokens attend to (the quadratic term grows with it). ``dtype`` is a name in
+    :data:`DTYPE_BYTES` or a ``torch.dtype``; :meth:`LMConfig.from_transformers` reads ``lm`` from a loaded
+    model's config, and the KV-cache bytes then equal what its ``DynamicCache`` holds after prefill.
     """
+    dtype = str(dtype).removeprefix("torch.")  # torch.bfloat16 names the same dtype
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}")
     if prompt_tokens < 0:
