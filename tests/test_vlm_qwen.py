@@ -161,9 +161,12 @@ def reference_rows(model, batch, method, keep, signals=()):
     reduced = iter(reduce_reference(model, batch, method, keep, signals))
     ids, mask = batch["input_ids"], batch["attention_mask"]
     positions, _ = inner.get_rope_index(ids, mm_token_type_ids=batch["mm_token_type_ids"],
-                                        image_grid_thw=batch["image_grid_thw"], attention_mask=mask)
+                                        image_grid_thw=batch["image_grid_thw"],
+                                        video_grid_thw=batch.get("video_grid_thw"), attention_mask=mask)
     rows = []
     with torch.no_grad():
+        if batch.get("pixel_values_videos") is not None:
+            video = iter(inner.get_video_features(batch["pixel_values_videos"], batch["video_grid_thw"]).pooler_output)
         for b in range(ids.shape[0]):
             real = mask[b].bool()
             row_ids, row_pos = ids[b][real], positions[:, b][:, real]
@@ -172,6 +175,9 @@ def reference_rows(model, batch, method, keep, signals=()):
             columns = torch.cat([torch.arange(image[0]), image[0] + reps, torch.arange(image[-1] + 1, len(row_ids))])
             embeds = inner.get_input_embeddings()(row_ids[columns])
             embeds[image[0]:image[0] + len(reps)] = values
+            frames = row_ids[columns] == model.config.video_token_id
+            if frames.any():
+                embeds[frames] = next(video)
             rows.append((embeds, row_pos[:, columns]))
     return rows
 
@@ -387,3 +393,45 @@ def test_visual_tokens_are_the_merged_tokens(qwen):
     with torch.no_grad():
         ref = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output[0]
     np.testing.assert_allclose(tokens.values, ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_representatives_without_an_assignment_are_exact_for_selections():
+    from vistok.vlm.qwen2_vl import representatives
+
+    tokens = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+    assert representatives(tokens, tokens[[3, 1, 2]]).tolist() == [3, 1, 2]  # duplicates keep distinct places
+    merged = torch.tensor([[0.6, 0.0], [5.0, 5.0]])  # the mean of 0, 1, 2 (nearest input: 1)
+    assert representatives(tokens, merged, torch.tensor([0, 0, 0, 1])).tolist() == [1, 3]
+    assert representatives(tokens, merged, torch.tensor([0, -1, -1, 1])).tolist() == [0, 3]  # within its group
+
+
+def test_videos_in_the_same_call_pass_through(qwen):
+    """Images are reduced; the video's placeholders and features stay as the unpatched model has them."""
+    model, proc, _, _ = qwen
+    frames = np.stack([np.asarray(noise_image(20 + i, 56, 56)) for i in range(2)])
+    prompt = "<|vision_start|><|image_pad|><|vision_end|> a <|vision_start|><|video_pad|><|vision_end|> cat"
+    batch = dict(proc(images=[noise_image(14)], videos=[frames], text=[prompt], return_tensors="pt",
+                      videos_kwargs={"do_sample_frames": False}))
+    videos = int((batch["input_ids"] == model.config.video_token_id).sum())
+    assert videos > 0
+    with torch.no_grad():
+        plain = model(**batch).logits[0]
+        with vlm.patch(model, "pool", keep=KEEP):
+            got = model(**batch).logits[0]
+    assert got.shape[0] == plain.shape[0] - (24 - KEEP)
+    torch.testing.assert_close(got[:1], plain[:1])  # the token before the image
+    (embeds, positions), = reference_rows(model, batch, "pool", KEEP)
+    torch.testing.assert_close(got, lm_logits(model, embeds, positions), rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_model(qwen):
+    _, proc, folder, model_cls = qwen
+    model = model_cls.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    model.generation_config.eos_token_id = None
+    batch = inputs(proc, [noise_image(15)])
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    with torch.no_grad(), vlm.patch(model, "tome", keep=KEEP) as handle:
+        logits = model(**batch).logits
+        out = model.generate(**batch, max_new_tokens=2, do_sample=False)
+    assert logits.dtype == torch.bfloat16 and logits.shape[1] == batch["input_ids"].shape[1] - (24 - KEEP)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 2 and handle.stats[0]["after"] == KEEP
