@@ -148,8 +148,8 @@ class Qwen2VL(Family):
         merge = visual.spatial_merge_size
         order = _merge_order(visual, grid_thw) if store else None
         per_image = [int(f.shape[0]) for f in features]
-        grouped = {"keys": ("mean",), "attention_received": ("sum",)}
-        split = {name: _per_group(value, merge * merge, order, grouped[name][0]).split(per_image)
+        pooling = {"keys": "mean", "attention_received": "sum"}
+        split = {name: _per_group(value, merge * merge, order, pooling[name]).split(per_image)
                  for name, value in store.items()}
         return [View(tokens, _image_grid(grid_thw[i], merge), i,
                      **{name: parts[i] for name, parts in split.items()})
