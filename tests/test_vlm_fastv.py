@@ -108,7 +108,8 @@ def manual_fastv(model, inputs, layer, keep, prompt_length=None):
         pos = lm.rotary_emb(hidden, positions)
         for i in range(layer):
             entering = hidden
-            hidden = lm.layers[i](hidden, attention_mask=full, position_embeddings=pos, position_ids=positions)
+            hidden = lm.layers[i](hidden, attention_mask=_for(model, full), position_embeddings=pos,
+                                  position_ids=positions)
         # layer K-1's full attention matrix, eagerly
         attn = lm.layers[layer - 1].self_attn
         normed = lm.layers[layer - 1].input_layernorm(entering)
@@ -135,9 +136,16 @@ def manual_fastv(model, inputs, layer, keep, prompt_length=None):
         short = torch.stack([full[b][:, kept[b]][:, :, kept[b]] for b in range(batch)])
         pos = lm.rotary_emb(hidden, kept_positions)
         for i in range(layer, LAYERS):
-            hidden = lm.layers[i](hidden, attention_mask=short, position_embeddings=pos,
+            hidden = lm.layers[i](hidden, attention_mask=_for(model, short), position_embeddings=pos,
                                   position_ids=kept_positions)
         return model.lm_head(lm.norm(hidden)), kept
+
+
+def _for(model, allowed):
+    """The mask as the model's attention takes it: bool for sdpa, additive for eager."""
+    if model.config.text_config._attn_implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
 
 def _split_runs(positions):
@@ -412,3 +420,21 @@ def test_other_families_keep_all_generate_and_cache(other_family):
         tokens = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert cache.layers[1].keys.shape[-2] == length - n_image + 3
     assert tokens.shape == (2, length + 3) and [s["after"] for s in state.stats] == [3, 3]
+
+
+def test_eager_attention_matches_manual_reference(processor, batch, tmp_path):
+    """The eager path: additive float masks, shortened at prefill and rebuilt for each decode step."""
+    _build(tmp_path, processor, "llama")
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    expected, kept = manual_fastv(model, batch, 2, 5)
+    with attach_fastv(model, layer=2, keep=5):
+        out = _no_grad_call(model, **batch)
+        inputs = {k: v for k, v in batch.items() if k != "position_ids"}
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
+                                   return_dict_in_generate=True)
+    real = _real(batch, kept)
+    torch.testing.assert_close(out.logits[real], expected[real], atol=1e-5, rtol=1e-5)
+    tokens, logits = _greedy_reference(model, batch, 2, 5, 4)
+    assert torch.equal(generated.sequences, tokens)
+    for step, reference in zip(generated.logits, logits, strict=True):
+        torch.testing.assert_close(step, reference, atol=1e-5, rtol=1e-5)

@@ -138,7 +138,7 @@ def attach_fastv(model: Any, *, layer: int = 2, keep: int | None = None, ratio: 
 
     state = FastVState(layer=layer, keep=keep, ratio=ratio, image_token_id=token_id, _model=model, _window=window)
     state._hooks.append(model.register_forward_pre_hook(_labels_hook(state), with_kwargs=True))
-    state._hooks.append(model.register_forward_hook(_loss_hook(state), always_call=True))
+    state._hooks.append(model.register_forward_hook(_loss_hook(state)))
     state._hooks.append(vlm.register_forward_pre_hook(_call_hook(state, lm), with_kwargs=True))
     state._hooks.append(vlm.register_forward_hook(_end_hook(state), always_call=True))
     state._hooks.append(layers[layer - 1].self_attn.register_forward_pre_hook(_rank_hook(state), with_kwargs=True))
