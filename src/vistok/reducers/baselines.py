@@ -8,20 +8,20 @@ from typing import Any
 
 import numpy as np
 
-from vistok.reducers.core import Reduction, register_method, select
+from vistok.reducers.core import Reduction, register_method, select_layout
 
 __all__ = ["stride", "random"]
 
 
 @register_method("stride", description="keep K tokens evenly spaced in reading order (a baseline)",
-                 paper="uniform-sampling baseline (e.g. FastV, ECCV 2024; VisionZip, 2024)")
-def stride(x: Any, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator) -> Reduction:
+                 paper="uniform-sampling baseline (e.g. FastV, ECCV 2024; VisionZip, 2024)", layout=True)
+def stride(n: int, k: int, grid: Any, seed: int) -> Reduction:
     """Token ``floor((i + 1/2) * N / K)`` for ``i < K``: the centre of each of ``K`` equal runs."""
-    n = len(sizes)
-    return select(n, np.floor((np.arange(k) + 0.5) * n / k).astype(np.int64))
+    return select_layout(n, np.floor((np.arange(k) + 0.5) * n / k).astype(np.int64))
 
 
 @register_method("random", description="keep a uniformly random K tokens, in order (a baseline; seeded)",
-                 paper="random-selection baseline (e.g. FastV, ECCV 2024; VisionZip, 2024)")
-def random(x: Any, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator) -> Reduction:
-    return select(len(sizes), rng.choice(len(sizes), size=k, replace=False))
+                 paper="random-selection baseline (e.g. FastV, ECCV 2024; VisionZip, 2024)", layout=True)
+def random(n: int, k: int, grid: Any, seed: int) -> Reduction:
+    """The same ``K`` of ``N`` for every image of a batch: ``numpy.random.default_rng(seed).choice``."""
+    return select_layout(n, np.random.default_rng(seed).choice(n, size=k, replace=False))

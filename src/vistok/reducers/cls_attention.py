@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from vistok.reducers.core import Reduction, register_method, select, top_k
 
 __all__ = ["cls_attention"]
@@ -19,7 +17,7 @@ __all__ = ["cls_attention"]
 
 @register_method("cls-attention", description="keep the top-K tokens by attention from CLS",
                  paper="Liang et al., EViT, ICLR 2022; Zhang et al., FasterVLM, 2024", needs=("cls_attention",))
-def cls_attention(x: Any, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator) -> Reduction:
+def cls_attention(x: Any, k: int, sizes: Any, signals: dict[str, Any], seed: int) -> Reduction:
     scores = signals["cls_attention"]
-    scores = scores.mean(axis=1) if scores.ndim == 2 else scores  # (N, heads) -> mean over heads
-    return select(len(sizes), top_k(scores, k))
+    scores = scores.mean(dim=-1) if scores.ndim == 3 else scores  # (B, N, heads) -> mean over heads
+    return select(sizes.shape[1], top_k(scores, k))

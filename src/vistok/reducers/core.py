@@ -1,11 +1,17 @@
 """The machinery behind :func:`vistok.reduce`: a registry of methods, the keep count, the signals a method
-needs, and the rebuilding of ``Tokens`` with provenance after selecting or merging.
+needs, the rebuilding of ``Tokens`` with provenance after selecting or merging, and :func:`reduce_tensor`, the
+same methods on batched torch tensors ``(B, N, D)`` (as inside a model).
 
 Every method answers one question: for each input token, which output token does it go to (an index in
 ``0..K-1``) or is it dropped (``-1``)? That *assignment* is all the provenance needs. The output values are
 the size-weighted means of each group (ToMe's size-weighted averaging, Bolya et al., ICLR 2023), unless the
 method computes its own. Sizes add up, so reductions chain: a token that already stands for 3 patches counts
 3 times in the next merge.
+
+Every method is written once, in torch, batched: :func:`reduce_tensor` calls it on the caller's device and dtype
+(scores in float32 for half precision), and :func:`reduce` is the numpy edge that hands it one ``Tokens`` as a
+batch of one and rebuilds ``Tokens`` from the assignment. Methods whose assignment depends on the layout only
+(``pool``, ``stride``, ``random``) are index arithmetic in numpy and run without torch.
 """
 
 from __future__ import annotations
@@ -13,16 +19,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vistok._registry import Registry
 from vistok.tokens import Tokens
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "Method", "Reduction", "register_method", "list_methods", "method_info", "reduce", "keep_count",
-    "SIGNAL_SOURCES", "apply_assignment", "select", "top_k", "reduce_tensor", "TensorReduction",
+    "SIGNAL_SOURCES", "apply_assignment", "select", "top_k", "reduce_tensor", "TensorReduction", "select_layout",
+    "group_mean", "unit_rows", "symmetric",
 ]
 
 #: Where each signal comes from, for the error raised when a method lacks one.
@@ -42,13 +52,25 @@ _IMAGE_LEVEL = {"cls", "pooled", "embedding", "labels", "scores", "registers", "
 
 @dataclass
 class Reduction:
-    """What a method returns: ``assign`` ``(N,)`` int, the output token of each input (``-1`` = dropped),
-    output ids ``0..K-1`` all used; optionally its own output ``values`` ``(K, D)``, and ``grid``
-    ``(rows, cols)`` when the output tiles a regular grid (pooling)."""
+    """What a method returns: ``assign`` the output token of each input (``-1`` = dropped), output ids
+    ``0..K-1`` all used, as a ``(B, N)`` int64 tensor (a layout method: one ``(N,)`` numpy array for every row);
+    optionally its own output ``values`` ``(B, K, D)``, and ``grid`` ``(rows, cols)`` when the output tiles a
+    regular grid (pooling)."""
 
-    assign: np.ndarray
-    values: np.ndarray | None = None
+    assign: Any
+    values: Any = None
     grid: tuple[int, int] | None = None
+
+
+@dataclass
+class TensorReduction:
+    """What :func:`reduce_tensor` returns: ``values`` ``(B, K, D)`` in the input's dtype and on its device,
+    ``assign`` ``(B, N)`` int64 (the output index of each input, ``-1`` = dropped) and ``sizes`` ``(B, K)`` float
+    (how many patches each output stands for: the sum of its members' input sizes)."""
+
+    values: torch.Tensor
+    assign: torch.Tensor
+    sizes: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -58,7 +80,8 @@ class Method:
     selection keeps the input order. ``exact``: it always returns exactly the requested count.
     ``averages``: a merged token is the size-weighted mean of its group (False: the method computes its own
     output values, e.g. PruMerge's attention-weighted update). ``ratio_rounding``: how ``ratio=`` becomes a
-    count, ``"nearest"`` (half up) or ``"up"`` (``ceil(N * ratio)``, as Chat-UniVi's DPC-KNN)."""
+    count, ``"nearest"`` (half up) or ``"up"`` (``ceil(N * ratio)``, as Chat-UniVi's DPC-KNN). ``layout``: the
+    assignment depends only on the count, the token grid, the seed and the options (no values, no signals)."""
 
     name: str
     fn: Callable[..., Reduction]
@@ -75,6 +98,7 @@ class Method:
     sizing: tuple[str, ...] = field(default_factory=tuple)
     averages: bool = True
     ratio_rounding: str = "nearest"
+    layout: bool = False
 
 
 _methods: Registry[Method] = Registry("reduction method", package="vistok.reducers", skip=("core",),
@@ -84,20 +108,24 @@ _methods: Registry[Method] = Registry("reduction method", package="vistok.reduce
 def register_method(name: str, *, description: str, paper: str, needs: Sequence[str] = (),
                     uses: Sequence[str] = (), merges: bool = False, keeps_order: bool = True, exact: bool = True,
                     needs_grid: bool = False, soft_only: bool = False, options: Sequence[str] = (),
-                    sizing: Sequence[str] = (), averages: bool = True,
-                    ratio_rounding: str = "nearest") -> Callable[[Callable[..., Reduction]], Callable[..., Reduction]]:
-    """Decorator: register ``fn(x, k, sizes, signals, rng, **options) -> Reduction`` under ``name``.
+                    sizing: Sequence[str] = (), averages: bool = True, ratio_rounding: str = "nearest",
+                    layout: bool = False) -> Callable[[Callable[..., Reduction]], Callable[..., Reduction]]:
+    """Decorator: register a method under ``name``.
 
-    ``x`` is ``(N, D)`` float64 (``None`` for hard tokens), ``k`` the output count, ``sizes`` ``(N,)`` how many
-    base patches each token already stands for, ``signals`` the arrays named in needs/uses that are present,
-    plus ``"grid"`` ``(rows, cols)`` when the tokens tile a grid. ``sizing``: options that set the output
-    count themselves (pool's ``factor``/``grid``); with one of them, ``k`` is None."""
+    ``fn(x, k, sizes, signals, seed, **options) -> Reduction`` works on a torch batch: ``x`` ``(B, N, D)``
+    float32 or float64 (``None`` for hard tokens), ``k`` the output count, ``sizes`` ``(B, N)`` how many base
+    patches each token already stands for, ``signals`` the tensors named in needs/uses that are present, batch
+    first (``cls_attention`` ``(B, N)`` or ``(B, N, H)``, ``keys`` ``(B, N, d)``, ``query`` ``(B, D)``), plus
+    ``"grid"`` ``(rows, cols)`` when the tokens tile a grid. With ``layout=True`` it is
+    ``fn(n, k, grid, seed, **options)`` and returns one ``(N,)`` numpy assignment for every row (no torch
+    needed). ``sizing``: options that set the output count themselves (pool's ``factor``/``grid``); with one of
+    them, ``k`` is None."""
     if ratio_rounding not in ("nearest", "up"):
         raise ValueError(f"ratio_rounding must be 'nearest' or 'up', got {ratio_rounding!r}")
 
     return _methods.decorator(name, lambda fn: Method(
         name, fn, description, paper, tuple(needs), tuple(uses), merges, keeps_order, exact, needs_grid,
-        soft_only or merges, tuple(options) + tuple(sizing), tuple(sizing), averages, ratio_rounding))
+        soft_only or merges, tuple(options) + tuple(sizing), tuple(sizing), averages, ratio_rounding, layout))
 
 
 def list_methods(pattern: str = "*", **filters: Any) -> list[str]:
@@ -126,22 +154,10 @@ def keep_count(n: int, keep: int | None, ratio: float | None, rounding: str = "n
     return max(1, min(n, counted))
 
 
-def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None = None, ratio: float | None = None,
-           seed: int = 0, **signals_and_options: Any) -> Tokens | list[Tokens]:
-    """Shrink ``tokens`` to ``keep`` tokens (or ``ratio`` of them) with a registered ``method``.
-
-    Signals (``cls_attention``, ``keys``, ``saliency``, ``query``) are taken from keyword arguments first,
-    then from ``tokens.extras``; a method that needs one that is missing raises a ``ValueError`` naming it and
-    where to get it. Other keyword arguments are the method's options. The result keeps provenance
-    (``source``/``base_grid``, so ``sizes`` says how many patches each token stands for) and records the step
-    in ``meta["reductions"]``. A list of Tokens gives a list; results depend only on ``seed``.
-    """
-    if isinstance(tokens, (list, tuple)):
-        return [reduce(t, method, keep=keep, ratio=ratio, seed=seed, **signals_and_options) for t in tokens]
-    if not isinstance(tokens, Tokens):
-        raise TypeError(f"reduce takes vistok.Tokens (or a list of them), got {type(tokens).__name__}")
-    info = method_info(method)
-    n = len(tokens)
+def _split(info: Method, n: int, keep: int | None, ratio: float | None,
+           signals_and_options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int | None]:
+    """The one place that checks a call: ``(signals, options, k)`` from the keyword arguments."""
+    method = info.name
     if n == 0:
         raise ValueError("cannot reduce an empty token set")
     signals: dict[str, Any] = {}
@@ -158,30 +174,63 @@ def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None =
     if sized and (keep is not None or ratio is not None):
         raise ValueError(f"{method}: give either keep/ratio or {sized[0]}=, not both")
     k = None if sized else keep_count(n, keep, ratio, info.ratio_rounding)
-    for name in (*info.needs, *info.uses):
-        if name not in signals and name in tokens.extras:
-            signals[name] = tokens.extras[name]
+    return signals, options, k
+
+
+def _missing(info: Method, signals: dict[str, Any], where: str) -> None:
     missing = [name for name in info.needs if name not in signals]
     if missing:
         name = missing[0]
-        raise ValueError(f"{method} needs the {name!r} signal, which these tokens (from "
-                         f"{tokens.meta.get('tokenizer', '?')}) do not carry: {SIGNAL_SOURCES[name]}; methods that "
-                         f"need no attention: {', '.join(_attention_free())}")
+        raise ValueError(f"{info.name} needs the {name!r} signal, which {where} do not carry: {SIGNAL_SOURCES[name]}; "
+                         f"methods that need no attention: {', '.join(_attention_free())}")
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as error:  # the core install: only the layout methods run
+        raise ImportError("this reduction method runs in torch, which is not installed: pip install 'vistok[torch]' "
+                          f"(pool, stride and random run without it)") from error
+    return torch
+
+
+def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None = None, ratio: float | None = None,
+           seed: int = 0, **signals_and_options: Any) -> Tokens | list[Tokens]:
+    """Shrink ``tokens`` to ``keep`` tokens (or ``ratio`` of them) with a registered ``method``.
+
+    Signals (``cls_attention``, ``keys``, ``saliency``, ``query``) are taken from keyword arguments first,
+    then from ``tokens.extras``; a method that needs one that is missing raises a ``ValueError`` naming it and
+    where to get it. Other keyword arguments are the method's options. The result keeps provenance
+    (``source``/``base_grid``, so ``sizes`` says how many patches each token stands for) and records the step
+    in ``meta["reductions"]``. A list of Tokens gives a list; results depend only on ``seed``. Scores are
+    computed in the tokens' precision (float64 tokens in float64, others in float32), by the same torch code
+    as :func:`reduce_tensor`.
+    """
+    if isinstance(tokens, (list, tuple)):
+        return [reduce(t, method, keep=keep, ratio=ratio, seed=seed, **signals_and_options) for t in tokens]
+    if not isinstance(tokens, Tokens):
+        raise TypeError(f"reduce takes vistok.Tokens (or a list of them), got {type(tokens).__name__}")
+    info = method_info(method)
+    n = len(tokens)
+    signals, options, k = _split(info, n, keep, ratio, signals_and_options)
+    for name in (*info.needs, *info.uses):
+        if name not in signals and name in tokens.extras:
+            signals[name] = tokens.extras[name]
+    _missing(info, signals, f"these tokens (from {tokens.meta.get('tokenizer', '?')})")
     for name, value in list(signals.items()):
         signals[name] = _check_signal(name, value, n)
     if info.soft_only and tokens.is_hard:
         raise ValueError(f"{method} works on token vectors, and these tokens are hard ids; use a selecting method "
                          f"({', '.join(m for m in list_methods() if not _methods.get(m).soft_only)})")
-    if info.needs_grid:
-        if tokens.grid is None:
-            raise ValueError(f"{method} works on a token grid, and these tokens have none (already reduced, or "
-                             "regions); reduce grid tokens with it first, or use a method that needs no grid")
-        signals["grid"] = tokens.grid
-    elif tokens.grid is not None:
-        signals["grid"] = tokens.grid
-    sizes = np.maximum(tokens.sizes, 1) if tokens.sizes is not None else np.ones(n, np.int64)
-    x = None if tokens.is_hard else tokens.values.astype(np.float64)
-    result = info.fn(x, k, sizes.astype(np.float64), signals, np.random.default_rng(seed), **options)
+    if info.needs_grid and tokens.grid is None:
+        raise ValueError(f"{method} works on a token grid, and these tokens have none (already reduced, or "
+                         "regions); reduce grid tokens with it first, or use a method that needs no grid")
+    sizes = tokens.sizes
+    sizes = np.maximum(sizes, 1) if sizes is not None else np.ones(n, np.int64)
+    if info.layout:
+        result = info.fn(n, k, tokens.grid, seed, **options)
+    else:
+        result = _run_one(info, tokens, k, sizes, signals, seed, options)
     if result.values is not None and info.averages:
         raise AssertionError(f"{method} returns its own values: register it with averages=False")
     out = apply_assignment(tokens, result, k if info.exact else None)
@@ -189,6 +238,24 @@ def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None =
                               {"method": method, "from": n, "to": len(out), "seed": seed,
                                **{k_: v for k_, v in options.items() if isinstance(v, (int, float, str, bool))}}]
     return out
+
+
+def _run_one(info: Method, tokens: Tokens, k: int | None, sizes: np.ndarray, signals: dict[str, np.ndarray],
+             seed: int, options: dict[str, Any]) -> Reduction:
+    """A torch method on one ``Tokens`` as a batch of one; the result back in numpy."""
+    torch = _torch()
+    x = None
+    if not tokens.is_hard:
+        values = tokens.values
+        x = torch.from_numpy(values if values.dtype in (np.float32, np.float64) else values.astype(np.float32))[None]
+    dtype = x.dtype if x is not None else torch.float64
+    given: dict[str, Any] = {name: torch.from_numpy(value).to(dtype)[None] for name, value in signals.items()}
+    if tokens.grid is not None:
+        given["grid"] = tokens.grid
+    with torch.no_grad():
+        result = info.fn(x, k, torch.from_numpy(sizes.astype(np.float64)).to(dtype)[None], given, seed, **options)
+    values = None if result.values is None else result.values[0].numpy()
+    return Reduction(result.assign[0].numpy(), values, result.grid)
 
 
 def _attention_free() -> list[str]:
@@ -264,26 +331,36 @@ def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None) ->
 
 
 class _Groups:
-    """Sums and size-weighted means over the output groups of an assignment, as sparse ``(k, N)`` one-hot
-    products (scipy): one matrix build, then about 1 ms per ``576 x 1024`` array (``np.add.at``: ~10 ms)."""
+    """Sums and size-weighted means over the output groups of an assignment: the members sorted by output, then
+    one ``np.add.reduceat`` per array (about 1 ms per ``576 x 1024`` array; ``np.add.at``: ~10 ms)."""
 
     def __init__(self, assign: np.ndarray, k: int, weights: np.ndarray) -> None:
-        from scipy.sparse import csr_matrix
-
         keep = np.flatnonzero(assign >= 0)
-        shape = (k, len(assign))
-        self.ones = csr_matrix((np.ones(len(keep)), (assign[keep], keep)), shape=shape)
-        self.weighted = csr_matrix((weights[keep], (assign[keep], keep)), shape=shape)
-        self.total = np.maximum(np.asarray(self.weighted.sum(axis=1)).reshape(-1), 1e-12)
+        self.k = k
+        self.order = keep[np.argsort(assign[keep], kind="stable")]  # members by output, then input order
+        groups = assign[self.order]
+        self.starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if len(groups) else np.zeros(0, int)
+        self.present = groups[self.starts]  # outputs with members (all of them for a valid assignment)
+        self.weights = weights[self.order]
+        total = np.zeros(k)
+        total[self.present] = np.add.reduceat(self.weights, self.starts) if len(groups) else 0
+        self.total = np.maximum(total, 1e-12)
+
+    def _reduce(self, values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        flat = np.asarray(values).reshape(len(values), -1)[self.order]
+        if weights is not None:
+            flat = flat * weights[:, None]
+        out = np.zeros((self.k, flat.shape[1]), np.result_type(flat.dtype, np.float64))
+        if len(flat):
+            out[self.present] = np.add.reduceat(flat, self.starts, axis=0, dtype=out.dtype)
+        return out
 
     def sum(self, values: np.ndarray) -> np.ndarray:
-        flat = np.asarray(values).reshape(len(values), -1)
-        return np.asarray(self.ones @ flat).reshape(self.ones.shape[0], *np.shape(values)[1:])
+        return self._reduce(values, None).reshape(self.k, *np.shape(values)[1:])
 
     def mean(self, values: np.ndarray) -> np.ndarray:
-        flat = np.asarray(values).reshape(len(values), -1)
-        out = np.asarray(self.weighted @ flat) / self.total[:, None]
-        return out.reshape(self.ones.shape[0], *np.shape(values)[1:])
+        out = self._reduce(values, self.weights) / self.total[:, None]
+        return out.reshape(self.k, *np.shape(values)[1:])
 
 
 def _first_member(assign: np.ndarray, k: int) -> np.ndarray:
@@ -306,70 +383,163 @@ def _reduce_extra(key: str, value: np.ndarray, groups: _Groups, n: int) -> np.nd
     return groups.mean(value).astype(value.dtype)
 
 
-def select(n: int, kept: np.ndarray) -> Reduction:
-    """A selection: the ``kept`` input indices stay, in input order; the rest are dropped."""
+def select_layout(n: int, kept: np.ndarray) -> Reduction:
+    """A selection from indices alone (a layout method): the ``kept`` inputs stay, in input order."""
     kept = np.unique(np.asarray(kept, dtype=np.int64))
     assign = np.full(n, -1, np.int64)
     assign[kept] = np.arange(len(kept))
     return Reduction(assign)
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest scores; ties go to the earlier token (a stable, deterministic order)."""
-    return np.argsort(-np.asarray(scores, np.float64), kind="stable")[:k]
+# -- torch helpers shared by the methods ---------------------------------------------------------------------
 
-
-@dataclass
-class TensorReduction:
-    """What :func:`reduce_tensor` returns: ``values`` ``(B, K, D)`` in the input's dtype and device, ``assign``
-    ``(B, N)`` int64 (the output index of each input, ``-1`` = dropped), ``sizes`` ``(B, K)`` float (how many
-    patches each output stands for)."""
-
-    values: Any
-    assign: Any
-    sizes: Any
-
-
-def reduce_tensor(x: Any, method: str, *, keep: int | None = None, ratio: float | None = None, seed: int = 0,
-                  sizes: Any = None, grid: tuple[int, int] | None = None,
-                  **signals_and_options: Any) -> TensorReduction:
-    """:func:`reduce` on a torch batch ``x`` ``(B, N, D)`` (or ``(N, D)``, taken as ``B = 1``); signals as tensors
-    with the batch first (``cls_attention`` ``(B, N)``, ``keys`` ``(B, N, d)``, ``saliency`` ``(B, N)``,
-    ``query`` ``(B, D)`` or ``(D,)``); ``sizes`` ``(B, N)`` patches per token (default ones); ``grid`` shared."""
+def select(n: int, kept: torch.Tensor) -> Reduction:
+    """A batched selection: the ``kept`` ``(B, K)`` input indices stay, in input order; the rest are dropped."""
     import torch
 
+    kept = torch.sort(kept, dim=-1).values
+    assign = torch.full((kept.shape[0], n), -1, dtype=torch.int64, device=kept.device)
+    order = torch.arange(kept.shape[1], device=kept.device).expand_as(kept)
+    return Reduction(assign.scatter_(1, kept, order))
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``(..., k)`` indices of the ``k`` largest scores along the last axis; ties go to the earlier token (a
+    stable sort, so the order is deterministic)."""
+    import torch
+
+    return torch.sort(-scores, dim=-1, stable=True).indices[..., :k]
+
+
+def unit_rows(m: torch.Tensor) -> torch.Tensor:
+    """``(B, N, d)`` rows scaled to unit length (a ``(B, N)`` signal is taken as ``d = 1``), in float32: cosines
+    only rank here, and float32 halves the product."""
+    import torch
+
+    m = m if m.ndim == 3 else m[..., None]
+    m = m.float() if m.dtype not in (torch.float32, torch.float64) else m
+    return (m / torch.sqrt((m * m).sum(-1, keepdim=True)).clamp_min(1e-12)).float()
+
+
+def symmetric(m: torch.Tensor) -> torch.Tensor:
+    """``(B, N, N)`` with the lower triangle copied from the upper one: a product ``y @ y.T`` made exactly
+    symmetric (BLAS may round ``d(i, j)`` and ``d(j, i)`` differently; numpy's symmetric product does not)."""
+    import torch
+
+    upper = torch.triu(m)
+    return upper + torch.triu(m, 1).transpose(-1, -2)
+
+
+def group_mean(x: torch.Tensor, assign: torch.Tensor, k: int, sizes: torch.Tensor) -> torch.Tensor:
+    """``(B, k, D)`` size-weighted mean of the rows of ``x`` ``(B, N, D)`` in each output group of ``assign``
+    ``(B, N)`` (``-1`` rows left out), computed in ``x``'s dtype."""
+    import torch
+
+    b, n, d = x.shape
+    kept = assign >= 0
+    flat = (assign + torch.arange(b, device=x.device)[:, None] * k)[kept]
+    w = sizes.to(x.dtype)
+    sums = torch.zeros(b * k, d, dtype=x.dtype, device=x.device).index_add_(0, flat, (x * w[..., None])[kept])
+    total = torch.zeros(b * k, dtype=x.dtype, device=x.device).index_add_(0, flat, w[kept])
+    return (sums / total.clamp_min(1e-12)[:, None]).view(b, k, d)
+
+
+def group_sizes(assign: torch.Tensor, k: int, sizes: torch.Tensor) -> torch.Tensor:
+    """``(B, k)`` the summed ``sizes`` of each output group."""
+    import torch
+
+    out = torch.zeros(assign.shape[0], k + 1, dtype=sizes.dtype, device=sizes.device)
+    return out.scatter_add_(1, torch.where(assign >= 0, assign, k), sizes)[:, :k]
+
+
+# -- reduce_tensor -------------------------------------------------------------------------------------------
+
+_SIGNAL_RANKS = {"cls_attention": (2, 3), "saliency": (2, 3), "keys": (2, 3)}
+
+
+def _tensor_signal(torch: Any, name: str, value: Any, b: int, n: int, device: Any, dtype: Any) -> torch.Tensor:
+    """One signal for :func:`reduce_tensor`: batch first, checked, in the compute dtype on ``x``'s device."""
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(np.asarray(value, np.float64))
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}") from error
+    value = value.detach().to(device=device, dtype=dtype)
+    if name == "query":
+        if value.ndim == 1:
+            value = value.expand(b, -1)
+        if value.ndim != 2 or value.shape[0] != b:
+            raise ValueError(f"query must be (B, D) = ({b}, D) or one (D,) vector, got shape {tuple(value.shape)}")
+        return value
+    if value.ndim not in _SIGNAL_RANKS.get(name, (2, 3)) or tuple(value.shape[:2]) != (b, n):
+        shape = "(B, N, d)" if name == "keys" else "(B, N)"
+        raise ValueError(f"{name} must have one entry per token, {shape} with (B, N) = ({b}, {n}), got shape "
+                         f"{tuple(value.shape)}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} has NaN or infinite entries")
+    return value
+
+
+def reduce_tensor(x: torch.Tensor, method: str, *, keep: int | None = None, ratio: float | None = None, seed: int = 0,
+                  sizes: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
+                  **signals_and_options: Any) -> TensorReduction:
+    """:func:`reduce` on a torch batch ``x`` ``(B, N, D)`` (or ``(N, D)``, taken as ``B = 1``; the result keeps
+    the batch axis), on ``x``'s device and in its dtype (scores in float32 for float16/bfloat16 inputs).
+
+    Signals are tensors with the batch first: ``cls_attention`` ``(B, N)`` (or ``(B, N, H)``, averaged over
+    heads), ``keys`` ``(B, N, d)``, ``saliency`` ``(B, N)``, ``query`` ``(B, D)`` or ``(D,)``. ``sizes`` ``(B, N)``:
+    how many patches each token stands for (default ones); ``grid`` ``(rows, cols)``: the token grid, shared by
+    the batch. Options and ``keep``/``ratio`` as in :func:`reduce` (same checks and messages). Row ``i`` of the
+    result equals :func:`reduce` on row ``i`` alone. A method whose count depends on the image (``prumerge``
+    with ``adaptive=True``) takes one image at a time.
+    """
+    torch = _torch()
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"reduce_tensor takes a torch.Tensor (B, N, D), got {type(x).__name__}")
+        raise TypeError(f"reduce_tensor takes a torch.Tensor (B, N, D) or (N, D), got {type(x).__name__}")
     if x.ndim == 2:
         x = x[None]
-    if x.ndim != 3:
-        raise ValueError(f"reduce_tensor: x must be (B, N, D) or (N, D), got shape {tuple(x.shape)}")
+    if x.ndim != 3 or not x.is_floating_point():
+        raise ValueError(f"reduce_tensor: x must be float token vectors (B, N, D) or (N, D), got shape "
+                         f"{tuple(x.shape)} and dtype {x.dtype}")
+    info = method_info(method)
     b, n, _ = x.shape
-    rows = []
-    for i in range(b):
-        row_signals = {}
-        for key, value in signals_and_options.items():
-            if key in SIGNAL_SOURCES and isinstance(value, torch.Tensor):
-                value = value if (key == "query" and value.ndim == 1) else value[i]
-                value = value.detach().float().cpu().numpy()
-            row_signals[key] = value
-        values = x[i].detach().float().cpu().numpy()
-        if sizes is None:
-            tokens = Tokens(values, grid=grid)
+    signals, options, k = _split(info, n, keep, ratio, signals_and_options)
+    _missing(info, signals, "the arguments")
+    if info.needs_grid and grid is None:
+        raise ValueError(f"{method} works on a token grid: pass grid=(rows, cols)")
+    if grid is not None and (len(grid) != 2 or int(grid[0]) * int(grid[1]) != n):
+        raise ValueError(f"grid {tuple(grid)} does not hold the {n} tokens of x")
+    x = x.detach()
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    xc = x.to(dtype)
+    if sizes is None:
+        weights = torch.ones(b, n, dtype=dtype, device=x.device)
+    else:
+        weights = _tensor_signal(torch, "sizes", sizes, b, n, x.device, dtype)
+        if weights.ndim != 2:
+            raise ValueError(f"sizes must be (B, N) = ({b}, {n}), got shape {tuple(weights.shape)}")
+        weights = weights.clamp_min(1)
+    given = {name: _tensor_signal(torch, name, value, b, n, x.device, dtype) for name, value in signals.items()}
+    if grid is not None:
+        given["grid"] = (int(grid[0]), int(grid[1]))
+    with torch.no_grad():
+        if info.layout:
+            result = info.fn(n, k, given.get("grid"), seed, **options)
+            assign = torch.from_numpy(np.asarray(result.assign, np.int64)).to(x.device).expand(b, n).clone()
         else:
-            row_sizes = np.asarray(sizes[i].detach().cpu().numpy() if hasattr(sizes, "detach") else sizes[i])
-            source = np.repeat(np.arange(n), np.maximum(row_sizes.round().astype(np.int64), 1))
-            tokens = Tokens(values, grid=grid, source=source, base_grid=(1, len(source)))
-        out = reduce(tokens, method, keep=keep, ratio=ratio, seed=seed, **row_signals)
-        if sizes is None:
-            assign = out.source
+            result = info.fn(xc, k, weights, given, seed, **options)
+            assign = result.assign
+        count = assign.amax(dim=1) + 1
+        if bool((count != count[0]).any()):
+            raise ValueError(f"{method} gave a different token count per image ({count.tolist()}); call "
+                             "reduce_tensor with one image at a time")
+        out_k = int(count[0])
+        if result.values is not None:
+            values = result.values.to(x.dtype)
+        elif not info.merges:  # a selection: the kept rows as they are
+            kept = torch.sort(torch.where(assign >= 0, torch.arange(n, device=x.device), n), dim=1).values
+            values = x.gather(1, kept[:, :out_k, None].expand(-1, -1, x.shape[2]))
         else:
-            first = np.concatenate([[0], np.cumsum(np.maximum(row_sizes.round().astype(np.int64), 1))[:-1]])
-            assign = out.source[first]
-        rows.append((out.values, assign, out.sizes))
-    if len({len(r[0]) for r in rows}) > 1:
-        raise ValueError(f"{method} gave a different token count per image; call reduce_tensor per image")
-    values = torch.stack([torch.from_numpy(np.ascontiguousarray(r[0])) for r in rows]).to(x.device, x.dtype)
-    assign = torch.stack([torch.from_numpy(np.asarray(r[1], np.int64)) for r in rows]).to(x.device)
-    out_sizes = torch.stack([torch.from_numpy(np.asarray(r[2], np.float32)) for r in rows]).to(x.device)
+            values = group_mean(xc, assign, out_k, weights).to(x.dtype)
+        out_sizes = group_sizes(assign, out_k, weights.to(torch.float32))
     return TensorReduction(values, assign, out_sizes)

@@ -45,68 +45,100 @@ Choices, where the papers leave room or their code differs:
 
 Outputs are ordered by their centre's input index.
 
-Shapes: ``x`` ``(N, D)``, ``d2`` ``(N, N)`` squared distances (before the ``1/D`` scaling), ``log_rho``,
-``delta2``, ``log_score`` ``(N,)``, ``centres`` ``(K,)`` input indices, ascending.
+Shapes (batched, as :func:`vistok.reducers.reduce_tensor` runs it): ``x`` ``(B, N, D)``, ``d2`` ``(B, N, N)``
+squared distances (before the ``1/D`` scaling), ``log_rho``, ``delta2``, ``log_score`` ``(B, N)``, ``centres``
+``(B, K)`` input indices, ascending.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vistok.reducers.core import Reduction, register_method, top_k
+from vistok.reducers.core import Reduction, register_method, symmetric, top_k
+from vistok.reducers.divprune import _as_batch
 
-__all__ = ["dpc_knn", "dpc_knn_clusters"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["dpc_knn", "dpc_knn_clusters", "squared_distances", "knn_log_density"]
 
 
-def squared_distances(x: np.ndarray) -> np.ndarray:
-    """``(N, N)`` squared Euclidean distances between the rows of ``x``: exactly symmetric (ties between
-    ``d(i, j)`` and ``d(j, i)``, such as two mutual nearest neighbours, stay ties), zeros on the diagonal."""
-    sq = np.einsum("ij,ij->i", x, x)
-    d2 = x @ x.T  # numpy computes x @ x.T as one symmetric product (BLAS syrk)
-    d2 *= -2.0
-    d2 += np.add.outer(sq, sq)  # sq_i + sq_j == sq_j + sq_i; adding sq_i, then sq_j, would break the symmetry
-    np.maximum(d2, 0.0, out=d2)
-    np.fill_diagonal(d2, 0.0)
+def _squared(x: torch.Tensor) -> torch.Tensor:
+    """``(B, N, N)`` squared Euclidean distances between the rows of each ``x`` ``(B, N, D)``: exactly symmetric
+    (ties between ``d(i, j)`` and ``d(j, i)``, such as two mutual nearest neighbours, stay ties), zeros on the
+    diagonal."""
+    sq = (x * x).sum(-1)
+    d2 = symmetric(x @ x.transpose(-1, -2)).mul_(-2.0)
+    d2 += sq[:, :, None] + sq[:, None, :]  # sq_i + sq_j == sq_j + sq_i, so the sum stays symmetric
+    d2.clamp_min_(0.0)
+    d2.diagonal(dim1=-2, dim2=-1).zero_()
     return d2
 
 
-def knn_log_density(d2: np.ndarray, dim: int, neighbours: int, count_self: bool = True) -> np.ndarray:
-    """``(N,)`` ``log rho = -mean(d^2) / dim`` over each row's ``neighbours`` smallest squared distances ``d2``:
-    the token's own 0 among them (``count_self``, Chat-UniVi's ``topk``), or ``neighbours`` other tokens."""
-    n = len(d2)
+def squared_distances(x: Any) -> Any:
+    """``(N, N)`` squared distances between the rows of ``x`` ``(N, D)`` (numpy in, numpy out, in float64)."""
+    batch, numpy_in = _as_batch(x)
+    d2 = _squared(batch)
+    return d2[0].numpy() if numpy_in else (d2[0] if x.ndim == 2 else d2)
+
+
+def _log_density(d2: torch.Tensor, dim: int, neighbours: int, count_self: bool = True) -> torch.Tensor:
+    """``(B, N)`` ``log rho = -mean(d^2) / dim`` over each row's ``neighbours`` smallest squared distances."""
+    import torch
+
+    n = d2.shape[-1]
     m = min(neighbours, n) if count_self else min(neighbours, n - 1)
     if m <= 0 or (count_self and m == 1):
-        return np.zeros(n)
+        return torch.zeros(d2.shape[:-1], dtype=d2.dtype, device=d2.device)
     others = m - 1 if count_self else m  # nearest tokens besides itself (its 0 adds nothing to the sum)
-    nearest = np.partition(d2, others, axis=1)[:, :others + 1]  # its own 0 and its nearest others
-    nearest.sort(axis=1)  # a fixed summation order: equal neighbourhoods give equal densities
-    return -nearest.sum(axis=1) / (m * dim)
+    nearest = torch.topk(d2, others + 1, dim=-1, largest=False, sorted=True).values  # its own 0 and the others
+    return -nearest.sum(-1) / (m * dim)  # sorted: equal neighbourhoods give equal densities
 
 
-def dpc_knn_clusters(x: np.ndarray, k: int, neighbours: int = 5, count_self: bool = True, noise: float = 0.0,
-                     rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(centres, assign)``: the ``k`` centres' input indices (ascending) and each token's cluster, the
-    position of its centre in ``centres``. ``noise``: uniform ``[0, noise)`` added to each density (``rng``)."""
-    n, dim = x.shape
-    d2 = squared_distances(x)
-    log_rho = knn_log_density(d2, dim, neighbours, count_self)
-    if noise > 0:  # rho + u, in log space: log(exp(log_rho) + u)
-        u = (rng if rng is not None else np.random.default_rng(0)).random(n) * noise
-        with np.errstate(divide="ignore"):
-            log_rho = np.logaddexp(log_rho, np.log(u))
-    order = np.argsort(-log_rho, kind="stable")  # densest first; equal densities: earlier token first
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    delta2 = np.where(rank[None, :] < rank[:, None], d2, np.inf).min(axis=1)
-    delta2[order[0]] = d2.max()
-    with np.errstate(divide="ignore"):  # delta 0 (a duplicate of a denser token): score -inf
-        log_score = log_rho + 0.5 * np.log(delta2 / dim)
-    centres = np.sort(top_k(log_score, k))
-    assign = np.argmin(d2[:, centres], axis=1)
-    assign[centres] = np.arange(len(centres))
+def knn_log_density(d2: Any, dim: int, neighbours: int, count_self: bool = True) -> Any:
+    """``(N,)`` ``log rho = -mean(d^2) / dim`` over each row's ``neighbours`` smallest squared distances ``d2``:
+    the token's own 0 among them (``count_self``, Chat-UniVi's ``topk``), or ``neighbours`` other tokens."""
+    batch, numpy_in = _as_batch(d2)
+    out = _log_density(batch, dim, neighbours, count_self)
+    return out[0].numpy() if numpy_in else (out[0] if d2.ndim == 2 else out)
+
+
+def _clusters(x: torch.Tensor, k: int, neighbours: int, count_self: bool, noise: float,
+              rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(centres, assign)`` ``(B, K)`` and ``(B, N)`` for a batch ``x`` ``(B, N, D)``."""
+    import torch
+
+    b, n, dim = x.shape
+    d2 = _squared(x)
+    log_rho = _log_density(d2, dim, neighbours, count_self)
+    if noise > 0:  # rho + u, in log space: log(exp(log_rho) + u); the same draw for every row
+        u = torch.from_numpy((rng if rng is not None else np.random.default_rng(0)).random(n) * noise)
+        log_rho = torch.logaddexp(log_rho, torch.log(u.to(log_rho)))
+    order = torch.sort(-log_rho, dim=-1, stable=True).indices  # densest first; equal densities: earlier first
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=x.device).expand(b, n))
+    denser = rank[:, None, :] < rank[:, :, None]
+    delta2 = torch.where(denser, d2, torch.inf).amin(dim=-1)
+    delta2.scatter_(1, order[:, :1], d2.amax(dim=(-2, -1))[:, None])
+    log_score = log_rho + 0.5 * torch.log(delta2 / dim)  # delta 0 (a duplicate of a denser token): -inf
+    centres = torch.sort(top_k(log_score, k), dim=-1).values
+    near = d2.gather(2, centres[:, None, :].expand(b, n, centres.shape[1]))
+    assign = torch.argmin(near, dim=-1)  # first minimum: the earlier centre
+    assign.scatter_(1, centres, torch.arange(centres.shape[1], device=x.device).expand_as(centres))
     return centres, assign
+
+
+def dpc_knn_clusters(x: Any, k: int, neighbours: int = 5, count_self: bool = True, noise: float = 0.0,
+                     rng: np.random.Generator | None = None) -> tuple[Any, Any]:
+    """``(centres, assign)``: the ``k`` centres' input indices (ascending) and each token's cluster, the
+    position of its centre in ``centres``. ``noise``: uniform ``[0, noise)`` added to each density (``rng``).
+    ``x`` ``(N, D)`` numpy gives numpy (in float64); a tensor gives tensors."""
+    batch, numpy_in = _as_batch(x)
+    centres, assign = _clusters(batch, k, neighbours, count_self, noise, rng)
+    if numpy_in:
+        return centres[0].numpy(), assign[0].numpy()
+    return (centres[0], assign[0]) if x.ndim == 2 else (centres, assign)
 
 
 @register_method(
@@ -115,11 +147,14 @@ def dpc_knn_clusters(x: np.ndarray, k: int, neighbours: int = 5, count_self: boo
           "Zhang et al., SparseVLM, ICML 2025",
     merges=True, options=("neighbours", "count_self", "noise"), ratio_rounding="up",
 )
-def dpc_knn(x: np.ndarray, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator,
+def dpc_knn(x: torch.Tensor, k: int, sizes: torch.Tensor, signals: dict[str, Any], seed: int,
             neighbours: int | None = None, count_self: bool = True, noise: float = 0.0) -> Reduction:
     """``neighbours``: the k of kNN (default: Chat-UniVi's 5, or ``min(3, max(K // 2, 1))`` below 5
     clusters); ``count_self``: the token's own zero distance is one of them (default, as Chat-UniVi);
-    ``noise``: Chat-UniVi's density jitter (``1e-6`` there; default 0, ties by input order)."""
+    ``noise``: Chat-UniVi's density jitter (``1e-6`` there; default 0, ties by input order; drawn from ``seed``,
+    the same for every image of a batch)."""
+    import torch
+
     if neighbours is None:
         neighbours = 5 if k >= 5 else min(3, max(k // 2, 1))
     if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) or neighbours < 1:
@@ -128,7 +163,7 @@ def dpc_knn(x: np.ndarray, k: int, sizes: np.ndarray, signals: dict[str, Any], r
         raise ValueError(f"dpc-knn: count_self must be True or False, got {count_self!r}")
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < np.inf:
         raise ValueError(f"dpc-knn: noise must be a number >= 0 (Chat-UniVi adds 1e-6), got {noise!r}")
-    if not np.isfinite(x).all():
+    if not bool(torch.isfinite(x).all()):
         raise ValueError("dpc-knn: the token vectors have NaN or infinite entries")
-    _, assign = dpc_knn_clusters(x, k, int(neighbours), bool(count_self), float(noise), rng)
+    _, assign = _clusters(x, k, int(neighbours), bool(count_self), float(noise), np.random.default_rng(seed))
     return Reduction(assign)

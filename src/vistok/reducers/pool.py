@@ -69,15 +69,15 @@ def _windows(rows: int, cols: int, win_rows: int, win_cols: int) -> Reduction:
 @register_method(
     "pool", description="average pooling of the token grid to r x c bins (LLaVA-style 2x2, LLaMA-VID grid:g)",
     paper="Li et al., LLaMA-VID, ECCV 2024; LLaVA-OneVision 2x2 pooling", merges=True, needs_grid=True,
-    sizing=("factor", "grid"), options=("bins",),
+    sizing=("factor", "grid"), options=("bins",), layout=True,
 )
-def pool(x: np.ndarray, k: int | None, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator,
-         factor: int | None = None, grid: Any = None, bins: str = "windows") -> Reduction:
+def pool(n: int, k: int | None, token_grid: tuple[int, int], seed: int, factor: int | None = None, grid: Any = None,
+         bins: str = "windows") -> Reduction:
     """``keep=K`` (an r x c = K grid near the input's aspect, bins as even as possible), ``factor=f`` (LLaVA's
     2x2 is ``factor=2``) or ``grid=g`` / ``grid=(r, c)`` (LLaMA-VID's ``grid:g``). ``bins``: ``"windows"``
     (default, the originals' ``avg_pool2d``: whole windows, leftover rows/columns dropped) or ``"cover"``
     (every patch in one bin: partial last windows for ``factor``, exactly ``g x g`` even bins for ``grid``)."""
-    rows, cols = signals["grid"]
+    rows, cols = token_grid
     if bins not in ("windows", "cover"):
         raise ValueError(f"pool: bins must be 'windows' (avg_pool2d's whole windows, as LLaVA and LLaMA-VID) or "
                          f"'cover' (every patch in one bin), got {bins!r}")

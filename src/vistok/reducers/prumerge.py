@@ -35,29 +35,55 @@ spaced in reading order over the tokens that are not outliers. With ``adaptive=T
 the IQR rule sets the count, as in the paper (at least one token: the top one, when no token is an outlier),
 plus the extra token when any token was pruned.
 
-Cosines are computed in float32. Keys come from ``vit``/``focus-vit-s14`` with ``keys=True``; without them
+Cosines are computed in float32 (float64 for float64 tokens). Batched: with ``keep``/``ratio`` every image of a
+batch keeps the same count; ``adaptive=True`` takes one image at a time. Keys come from ``vit``/``focus-vit-s14`` with ``keys=True``; without them
 the token vectors stand in. Outputs are ordered by the input position of their kept token (the official code
 orders them by attention), the extra token last.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vistok.reducers.core import Reduction, register_method, top_k
+from vistok.reducers.core import Reduction, register_method, top_k, unit_rows
+from vistok.reducers.divprune import _as_batch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["prumerge", "prumerge_plus", "iqr_outliers", "uniform_samples", "NEIGHBOURS"]
 
 #: The official code's neighbour count for each kept token (its inference path; its training path uses 16).
 NEIGHBOURS = 32
+MERGES = ("official", "partition")
 
 
-def iqr_outliers(scores: np.ndarray) -> np.ndarray:
-    """Indices (ascending) of the scores above ``Q3 + 1.5 * IQR``."""
-    q1, q3 = np.percentile(scores, [25, 75])
-    return np.flatnonzero(scores > q3 + 1.5 * (q3 - q1))
+def _quantile(sorted_scores: torch.Tensor, q: float) -> torch.Tensor:
+    """``(B,)`` the ``q`` quantile of each sorted row, linear interpolation computed as ``np.percentile`` does
+    (``a + (b - a) t``, or ``b - (b - a)(1 - t)`` for ``t >= 1/2``)."""
+    n = sorted_scores.shape[-1]
+    position = q * (n - 1)
+    low = int(np.floor(position))
+    t = position - low
+    a, b = sorted_scores[..., low], sorted_scores[..., min(low + 1, n - 1)]
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+
+
+def _outlier_mask(scores: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` the scores above ``Q3 + 1.5 * IQR`` of their row."""
+    import torch
+
+    ordered = torch.sort(scores, dim=-1).values
+    q1, q3 = _quantile(ordered, 0.25), _quantile(ordered, 0.75)
+    return scores > (q3 + 1.5 * (q3 - q1))[..., None]
+
+
+def iqr_outliers(scores: Any) -> np.ndarray:
+    """Indices (ascending) of the scores ``(N,)`` above ``Q3 + 1.5 * IQR``."""
+    batch, _ = _as_batch(np.asarray(scores, np.float64)[:, None])
+    return np.flatnonzero(_outlier_mask(batch[..., 0])[0].numpy())
 
 
 def uniform_samples(n: int, m: int) -> np.ndarray:
@@ -67,25 +93,16 @@ def uniform_samples(n: int, m: int) -> np.ndarray:
     return np.arange(0, max(n - 1, 1), max(1, (n // max(m, 1)) // 3))
 
 
-def _unit_rows(m: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, in float32 (cosines only rank here; float32 halves the matmul)."""
-    m = m if m.ndim == 2 else m[:, None]
-    return (m / np.maximum(np.sqrt(np.einsum("ij,ij->i", m, m)), 1e-12)[:, None]).astype(np.float32)
-
-
-def _attention(signals: dict[str, Any]) -> np.ndarray:
+def _attention(signals: dict[str, Any]) -> torch.Tensor:
     scores = signals["cls_attention"]
-    scores = scores.mean(axis=1) if scores.ndim == 2 else scores
-    if (scores < 0).any():
+    scores = scores.mean(dim=-1) if scores.ndim == 3 else scores
+    if bool((scores < 0).any()):
         raise ValueError("prumerge weights tokens by their attention from CLS, which must be >= 0 (softmax "
                          "probabilities); got negative cls_attention")
     return scores
 
 
-MERGES = ("official", "partition")
-
-
-def _check(k: int | None, adaptive: Any, neighbours: Any, name: str, merge: Any = "official") -> None:
+def _check(k: int | None, adaptive: Any, neighbours: Any, name: str, merge: Any, batch: int) -> None:
     if merge not in MERGES:
         raise ValueError(f"{name}: merge must be 'official' (the authors' update and extra token) or 'partition' "
                          f"(every input in one output, normalised update), got {merge!r}")
@@ -95,69 +112,98 @@ def _check(k: int | None, adaptive: Any, neighbours: Any, name: str, merge: Any 
         raise ValueError(f"{name}: give keep=<count> or ratio=<fraction>, or adaptive=True for the IQR count")
     if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) or neighbours < 0:
         raise ValueError(f"{name}: neighbours must be a whole number >= 0, got {neighbours!r}")
+    if adaptive and batch > 1:
+        raise ValueError(f"{name}: adaptive=True keeps a different count per image; reduce a batch of {batch} one "
+                         "image at a time, or give keep=/ratio= for one count")
 
 
-def _top_per_row(similarity: np.ndarray, count: int) -> np.ndarray:
-    """``(K, P)`` mask of each row's ``count`` largest entries; among equal values the earlier columns win."""
-    threshold = -np.partition(-similarity, count - 1, axis=1)[:, count - 1 : count]
+def _top_per_row(similarity: torch.Tensor, count: int) -> torch.Tensor:
+    """``(B, K, P)`` mask of each row's ``count`` largest entries; among equal values the earlier columns win."""
+    import torch
+
+    threshold = torch.topk(similarity, count, dim=-1).values[..., count - 1 : count]
     above = similarity > threshold
     ties = similarity == threshold
-    room = count - above.sum(axis=1, keepdims=True)
-    return above | (ties & (np.cumsum(ties, axis=1) <= room))
+    room = count - above.sum(dim=-1, keepdim=True)
+    return above | (ties & (torch.cumsum(ties, dim=-1) <= room))
 
 
-def _merge(x: np.ndarray, kept: np.ndarray, scores: np.ndarray, signals: dict[str, Any],
+def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t[b, index[b]]`` for ``t`` ``(B, N, ...)`` and ``index`` ``(B, M)``."""
+    if t.ndim == 2:
+        return t.gather(1, index)
+    return t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
+
+
+def _split_kept(kept_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kept, pruned)`` ``(B, K)`` and ``(B, N - K)`` ascending indices from a mask with K per row."""
+    import torch
+
+    b, n = kept_mask.shape
+    order = torch.sort(kept_mask.to(torch.int8), dim=-1, descending=True, stable=True).indices
+    k = int(kept_mask[0].sum())
+    return order[:, :k], order[:, k:]
+
+
+def _merge(x: torch.Tensor, kept_mask: torch.Tensor, scores: torch.Tensor, signals: dict[str, Any],
            neighbours: int) -> Reduction:
-    """The merge step for the kept indices (any order): the assignment and the updated kept tokens."""
-    n = len(scores)
-    kept = np.unique(kept)
-    k = len(kept)
-    assign = np.full(n, -1, np.int64)
-    assign[kept] = np.arange(k)
-    pruned = np.setdiff1d(np.arange(n), kept)
-    total = scores.sum()
-    a = scores / total if total > 0 else np.zeros(n)
-    neighbours = min(int(neighbours), len(pruned))
-    values, norm = x[kept].copy(), np.ones(k)  # each kept token enters its update with weight 1
+    """The partition merge: the assignment and the updated kept tokens."""
+    import torch
+
+    b, n, d = x.shape
+    kept, pruned = _split_kept(kept_mask)
+    k = kept.shape[1]
+    arange_k = torch.arange(k, device=x.device).expand(b, k)
+    assign = torch.full((b, n), -1, dtype=torch.int64, device=x.device).scatter_(1, kept, arange_k)
+    total = scores.sum(-1, keepdim=True)
+    a = torch.where(total > 0, scores / torch.where(total > 0, total, 1), 0)
+    neighbours = min(int(neighbours), pruned.shape[1])
+    values, norm = _rows(x, kept).clone(), torch.ones(b, k, dtype=x.dtype, device=x.device)
     if neighbours:
-        unit = _unit_rows(signals.get("keys", x))
-        similarity = unit[kept] @ unit[pruned].T  # (K, P) cosines of the keys
+        unit = unit_rows(signals.get("keys", x))
+        similarity = _rows(unit, kept) @ _rows(unit, pruned).transpose(-1, -2)  # (B, K, P) cosines of the keys
         chosen = _top_per_row(similarity, neighbours)
-        taken = chosen.any(axis=0)
-        best = np.argmax(np.where(chosen, similarity, -np.inf), axis=0)  # the most similar kept token choosing it
-        joined, into = pruned[taken], best[taken]
-        assign[joined] = into
-        order = np.argsort(into, kind="stable")  # group the joined tokens by output for one reduceat
-        joined, into = joined[order], into[order]
-        outs, starts = np.unique(into, return_index=True)  # (every kept token took >= 1, so none is empty)
-        rows = x[joined]
-        rows *= a[joined, None]
-        values[outs] += np.add.reduceat(rows, starts, axis=0)
-        norm += np.bincount(into, weights=a[joined], minlength=k)
-    return Reduction(assign, values=values / norm[:, None])
+        taken = chosen.any(dim=1)
+        best = torch.argmax(torch.where(chosen, similarity, -torch.inf), dim=1)  # the most similar kept token
+        weight = _rows(a, pruned) * taken
+        flat = best + torch.arange(b, device=x.device)[:, None] * k
+        values = values.view(b * k, d).index_add_(0, flat.view(-1), (_rows(x, pruned) * weight[..., None])
+                                                  .view(-1, d)).view(b, k, d)
+        norm = norm.view(-1).index_add_(0, flat.view(-1), weight.view(-1)).view(b, k)
+        assign.scatter_(1, pruned, torch.where(taken, best, -1))
+    return Reduction(assign, values=values / norm[..., None])
 
 
-def _merge_official(x: np.ndarray, kept: np.ndarray, scores: np.ndarray, signals: dict[str, Any],
+def _merge_official(x: torch.Tensor, kept_mask: torch.Tensor, scores: torch.Tensor, signals: dict[str, Any],
                     neighbours: int) -> Reduction:
-    """The official merge for the kept indices: ``y_p + sum a_j y_j`` over each kept token's key-nearest other
-    tokens, then the extra token ``sum a_j y_j`` over the pruned ones (when any), last."""
-    n = len(scores)
-    kept = np.unique(kept)
-    k = len(kept)
-    assign = np.full(n, k, np.int64)  # pruned tokens: the extra token
-    assign[kept] = np.arange(k)
-    pruned = np.setdiff1d(np.arange(n), kept)
-    values = x[kept].copy()
+    """The official merge: ``y_p + sum a_j y_j`` over each kept token's key-nearest other tokens, then the extra
+    token ``sum a_j y_j`` over the pruned ones (when any), last."""
+    import torch
+
+    b, n, d = x.shape
+    kept, pruned = _split_kept(kept_mask)
+    k = kept.shape[1]
+    arange_k = torch.arange(k, device=x.device).expand(b, k)
+    assign = torch.full((b, n), k, dtype=torch.int64, device=x.device).scatter_(1, kept, arange_k)  # pruned: extra
+    values = _rows(x, kept)
     neighbours = min(int(neighbours), n - 1)
     if neighbours and k:
-        unit = _unit_rows(signals.get("keys", x))
-        similarity = unit[kept] @ unit.T  # (K, N) cosines of the keys
-        similarity[np.arange(k), kept] = -np.inf  # a token is not its own neighbour
+        unit = unit_rows(signals.get("keys", x))
+        similarity = _rows(unit, kept) @ unit.transpose(-1, -2)  # (B, K, N) cosines of the keys
+        similarity.scatter_(2, kept[..., None], -torch.inf)  # a token is not its own neighbour
         chosen = _top_per_row(similarity, neighbours)
-        values += (chosen * scores[None, :]) @ x
-    if len(pruned):
-        values = np.vstack([values, scores[pruned] @ x[pruned]])
+        values = values + (chosen.to(x.dtype) * scores[:, None, :]) @ x
+    if pruned.shape[1]:
+        extra = (scores * ~kept_mask)[:, None, :] @ x
+        values = torch.cat([values, extra], dim=1)
     return Reduction(assign, values=values)
+
+
+def _finish(x: torch.Tensor, kept_mask: torch.Tensor, scores: torch.Tensor, signals: dict[str, Any],
+            neighbours: int, merge: str) -> Reduction:
+    if merge == "official":
+        return _merge_official(x, kept_mask, scores, signals, neighbours)
+    return _merge(x, kept_mask, scores, signals, neighbours)
 
 
 def _kept_count(k: int | None, merge: str) -> int | None:
@@ -165,11 +211,10 @@ def _kept_count(k: int | None, merge: str) -> int | None:
     return None if k is None else (k - 1 if merge == "official" else k)
 
 
-def _finish(x: np.ndarray, kept: np.ndarray, scores: np.ndarray, signals: dict[str, Any], neighbours: int,
-            merge: str) -> Reduction:
-    if merge == "official":
-        return _merge_official(x, kept, scores, signals, neighbours)
-    return _merge(x, kept, scores, signals, neighbours)
+def _mask(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, index, True)
 
 
 @register_method(
@@ -178,19 +223,36 @@ def _finish(x: np.ndarray, kept: np.ndarray, scores: np.ndarray, signals: dict[s
     paper="Shang et al., LLaVA-PruMerge, ICCV 2025 (arXiv 2403.15388)", needs=("cls_attention",),
     uses=("keys",), merges=True, averages=False, options=("neighbours", "merge"), sizing=("adaptive",),
 )
-def prumerge(x: np.ndarray, k: int | None, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator,
+def prumerge(x: torch.Tensor, k: int | None, sizes: torch.Tensor, signals: dict[str, Any], seed: int,
              adaptive: bool | None = None, neighbours: int = NEIGHBOURS, merge: str = "official") -> Reduction:
     """``keep=K``/``ratio=r``: the top ``K - 1`` by CLS attention (``K`` with ``merge="partition"``), then
     merge; ``adaptive=True``: the IQR outliers. ``merge``: ``"official"`` (default) or ``"partition"``."""
-    _check(k, adaptive, neighbours, "prumerge", merge)
+    _check(k, adaptive, neighbours, "prumerge", merge, x.shape[0])
     scores = _attention(signals)
     k = _kept_count(k, merge)
     if adaptive:
-        kept = iqr_outliers(scores)
-        kept = kept if len(kept) else top_k(scores, 1)
+        kept = _outlier_mask(scores)
+        if not bool(kept.any()):
+            kept = _mask(scores, top_k(scores, 1))
     else:
-        kept = top_k(scores, k)
+        kept = _mask(scores, top_k(scores, k))
     return _finish(x, kept, scores, signals, neighbours, merge)
+
+
+def _evenly_over_rest(outliers: torch.Tensor, k: int) -> torch.Tensor:
+    """``(B, N)`` mask: each row's outliers plus ``k - m`` tokens evenly spaced over its other tokens, the
+    ``floor((i + 1/2) * R / (k - m))``-th of the ``R = N - m`` (rows with ``m < k``)."""
+    import torch
+
+    b, n = outliers.shape
+    m = outliers.sum(-1, keepdim=True)  # (B, 1)
+    rest, fill = (n - m).to(torch.float64), (k - m).clamp_min(1).to(torch.float64)
+    i = torch.arange(k, device=outliers.device, dtype=torch.float64)
+    picks = torch.floor((i + 0.5) * rest / fill).to(torch.int64)
+    picks = torch.where(i[None, :] < (k - m), picks, n)  # beyond the fill: a slot past the end
+    chosen_rank = torch.zeros(b, n + 1, dtype=torch.bool, device=outliers.device).scatter_(1, picks, True)[:, :n]
+    rank = torch.cumsum(~outliers, dim=-1) - 1  # each non-outlier's place among the others
+    return outliers | (~outliers & chosen_rank.gather(1, rank.clamp_min(0)))
 
 
 @register_method(
@@ -199,24 +261,24 @@ def prumerge(x: np.ndarray, k: int | None, sizes: np.ndarray, signals: dict[str,
     paper="Shang et al., LLaVA-PruMerge (PruMerge+), ICCV 2025 (arXiv 2403.15388)", needs=("cls_attention",),
     uses=("keys",), merges=True, averages=False, options=("neighbours", "merge"), sizing=("adaptive",),
 )
-def prumerge_plus(x: np.ndarray, k: int | None, sizes: np.ndarray, signals: dict[str, Any],
-                  rng: np.random.Generator, adaptive: bool | None = None, neighbours: int = NEIGHBOURS,
-                  merge: str = "official") -> Reduction:
+def prumerge_plus(x: torch.Tensor, k: int | None, sizes: torch.Tensor, signals: dict[str, Any], seed: int,
+                  adaptive: bool | None = None, neighbours: int = NEIGHBOURS, merge: str = "official") -> Reduction:
     """``keep=K``/``ratio=r``: ``K' = K - 1`` kept (``K`` with ``merge="partition"``): the outliers (the top
     ``K'`` of them at most), then ``K' - m`` tokens evenly spaced over the others; ``adaptive=True``: the
     outliers and every ``(N // m) // 3``-th token of ``0..N-2``."""
-    _check(k, adaptive, neighbours, "prumerge+", merge)
+    import torch
+
+    _check(k, adaptive, neighbours, "prumerge+", merge, x.shape[0])
     scores = _attention(signals)
     k = _kept_count(k, merge)
-    n = len(scores)
-    outliers = iqr_outliers(scores)
+    n = scores.shape[-1]
+    outliers = _outlier_mask(scores)
     if adaptive:
-        outliers = outliers if len(outliers) else top_k(scores, 1)
-        kept = np.union1d(outliers, uniform_samples(n, len(outliers)))
-    elif len(outliers) >= k:
-        kept = top_k(scores, k)
+        if not bool(outliers.any()):
+            outliers = _mask(scores, top_k(scores, 1))
+        samples = torch.from_numpy(uniform_samples(n, int(outliers.sum()))).to(scores.device)
+        kept = outliers.scatter(1, samples[None], True)
     else:
-        rest = np.setdiff1d(np.arange(n), outliers)
-        fill = k - len(outliers)
-        kept = np.union1d(outliers, rest[np.floor((np.arange(fill) + 0.5) * len(rest) / fill).astype(np.int64)])
+        many = outliers.sum(-1, keepdim=True) >= k
+        kept = torch.where(many, _mask(scores, top_k(scores, k)), _evenly_over_rest(outliers & ~many, k))
     return _finish(x, kept, scores, signals, neighbours, merge)

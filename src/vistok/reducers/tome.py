@@ -36,17 +36,22 @@ Features and choices that differ from the in-model form, which are this module's
   plus 4 patches at ``keep=3`` pairs patches 2 and 4 (A) with 1 and 3 (B). ``split="free"`` splits only the
   unprotected tokens (vistok's earlier rule: patches 1 and 3 on side A there), which always makes progress
   even when the protected tokens take every B position.
+* batches: every image of a batch follows the same schedule; with protected tokens and ``split="sequence"``
+  the images are matched one at a time (their protected tokens can land on different sides after a round).
 * ties: the earlier token wins (``argmax``'s first maximum, a stable sort of the link scores), so the result
   depends on the inputs only; the seed is not used.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vistok.reducers.core import Reduction, register_method
+from vistok.reducers.core import Reduction, register_method, unit_rows
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["tome", "bipartite_round", "merge_schedule"]
 
@@ -61,68 +66,67 @@ def merge_schedule(n: int, k: int, r: int | None = None) -> list[int]:
     return steps
 
 
-def bipartite_round(features: np.ndarray, r: int, fixed: np.ndarray | None = None) -> np.ndarray:
-    """One bipartite soft matching step on ``(n, d)`` features (rows in order): ``(n,)`` the output token of
-    each row, ``0..n-r-1``, numbered in the order of the tokens that remain (B tokens and unmerged A tokens).
-    ``fixed`` ``(n,)`` bool: rows that neither merge (on side A) nor receive a merge (on side B), as ToMe's
+def bipartite_round(features: torch.Tensor, r: int, fixed: torch.Tensor | None = None) -> torch.Tensor:
+    """One bipartite soft matching step on ``(B, n, d)`` features (rows in order): ``(B, n)`` the output token
+    of each row, ``0..n-r-1``, numbered in the order of the tokens that remain (B tokens and unmerged A tokens).
+    ``fixed`` ``(B, n)`` bool: rows that neither merge (on side A) nor receive a merge (on side B), as ToMe's
     ``-inf`` score for its CLS token; ``r`` must not exceed the unfixed A rows."""
-    n = len(features)
-    features = np.asarray(features, np.float32)
-    unit = features / np.maximum(np.sqrt(np.einsum("ij,ij->i", features, features)), 1e-12)[:, None]
-    a, b = np.ascontiguousarray(unit[0::2]), np.ascontiguousarray(unit[1::2])
-    scores = a @ b.T  # (|A|, |B|) cosine similarities
-    if fixed is not None and fixed.any():
-        scores[fixed[0::2]] = -np.inf
-        scores[:, fixed[1::2]] = -np.inf
-    partner = scores.argmax(axis=1)  # each A token's most similar B token
-    best = scores[np.arange(len(a)), partner]
-    merged = np.argsort(-best, kind="stable")[:r]  # the r strongest links (ties: earlier A token)
-    keep = np.ones(n, bool)
-    keep[2 * merged] = False
-    position = np.cumsum(keep) - 1  # new index of each remaining token
-    step = position.copy()
-    step[2 * merged] = position[2 * partner[merged] + 1]
-    return step
+    import torch
+
+    b, n, _ = features.shape
+    unit = unit_rows(features)
+    scores = unit[:, 0::2] @ unit[:, 1::2].transpose(-1, -2)  # (B, |A|, |B|) cosine similarities
+    if fixed is not None and bool(fixed.any()):
+        scores = scores.masked_fill(fixed[:, 0::2, None] | fixed[:, None, 1::2], -torch.inf)
+    best = scores.amax(dim=-1)
+    partner = torch.argmax(scores, dim=-1)  # each A token's most similar B token (the first maximum)
+    merged = torch.sort(-best, dim=-1, stable=True).indices[:, :r]  # the r strongest links (ties: earlier A)
+    keep = torch.ones(b, n, dtype=torch.bool, device=features.device).scatter_(1, 2 * merged, False)
+    position = torch.cumsum(keep, dim=-1) - 1  # new index of each remaining token
+    into = position.gather(1, 2 * partner.gather(1, merged) + 1)
+    return position.scatter(1, 2 * merged, into)
 
 
-def _round_size(fixed: np.ndarray, excess: int, r: int | None) -> int:
-    """Merges the next round can make: ``min(excess, r, unfixed A tokens)``, 0 when no unfixed B token is left."""
-    if not (~fixed[1::2]).any():
+def _round_size(fixed: torch.Tensor, excess: int, r: int | None) -> int:
+    """Merges the next round can make: ``min(excess, r, unfixed A tokens)``, 0 when no unfixed B token is left
+    (``fixed`` ``(n,)``: one row)."""
+    if not bool((~fixed[1::2]).any()):
         return 0
     return min(excess, int((~fixed[0::2]).sum()), r if r is not None else excess)
 
 
-def _merge_rounds(weighted: np.ndarray, fixed: np.ndarray, target: int, r: int | None) -> tuple[np.ndarray, int]:
-    """Rounds of bipartite matching over ``(n, d)`` size-weighted feature sums in reading order until ``target``
-    unfixed tokens remain: ``(n,)`` the output of each row, numbered in reading order (by first row), and the
-    output count. Raises when the split leaves no unfixed B token while merges are still due."""
-    from scipy import sparse  # a scikit-learn dependency; imported here to keep `import vistok` light
+def _merge_rounds(weighted: torch.Tensor, fixed: torch.Tensor, target: int, r: int | None) -> tuple[torch.Tensor, int]:
+    """Rounds of bipartite matching over ``(B, n, d)`` size-weighted feature sums in reading order until
+    ``target`` unfixed tokens remain: ``(B, n)`` the output of each row, numbered in reading order (by first
+    row), and the output count. ``fixed`` ``(B, n)`` must put the same number of unfixed tokens on each side in
+    every row (no fixed tokens, or one row). Raises when the split leaves no unfixed B token while merges are
+    still due."""
+    import torch
 
-    n = len(weighted)
-    first = np.arange(n)
-    assign = np.arange(n)
-    while (excess := int((~fixed).sum()) - target) > 0:
-        step_r = _round_size(fixed, excess, r)
+    b, n, d = weighted.shape
+    device = weighted.device
+    first = torch.arange(n, device=device).expand(b, n)
+    assign = first.clone()
+    m = n
+    while (excess := int((~fixed[0]).sum()) - target) > 0:
+        step_r = _round_size(fixed[0], excess, r)
         if step_r == 0:
             raise ValueError("tome: the protected tokens hold every B position of the alternating split, so nothing "
                              "can merge; pass split='free' to split only the unprotected tokens")
         step = bipartite_round(weighted, step_r, fixed)
-        m = int(step.max()) + 1
-        new_first = np.full(m, np.iinfo(np.int64).max)
-        np.minimum.at(new_first, step, first)
-        relabel = np.empty(m, np.int64)
-        relabel[np.argsort(new_first, kind="stable")] = np.arange(m)  # back to reading order
-        step = relabel[step]
-        first = np.sort(new_first)
-        assign = step[assign]
-        new_fixed = np.zeros(m, bool)
-        new_fixed[step[fixed]] = True
-        fixed = new_fixed
-        if int((~fixed).sum()) > target:  # group sums as a sparse product (np.add.at is ~30x slower here)
-            member = sparse.csr_matrix((np.ones(len(step), np.float32), (step, np.arange(len(step)))),
-                                       shape=(m, len(step)))
-            weighted = np.asarray(member @ weighted)
-    return assign, len(first)
+        m -= step_r
+        new_first = torch.full((b, m), n, dtype=torch.int64, device=device).scatter_reduce_(
+            1, step, first, reduce="amin")
+        first, order = torch.sort(new_first, dim=-1, stable=True)  # back to reading order
+        relabel = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=device).expand(b, m))
+        step = relabel.gather(1, step)
+        assign = step.gather(1, assign)
+        fixed = torch.zeros(b, m, dtype=torch.int8, device=device).scatter_reduce_(
+            1, step, fixed.to(torch.int8), reduce="amax").bool()
+        if int((~fixed[0]).sum()) > target:  # group sums for the next round
+            weighted = torch.zeros(b, m, d, dtype=weighted.dtype, device=device).scatter_add_(
+                1, step[..., None].expand(-1, -1, d), weighted)
+    return assign, m
 
 
 @register_method(
@@ -130,13 +134,15 @@ def _merge_rounds(weighted: np.ndarray, fixed: np.ndarray, target: int, r: int |
     paper="Bolya et al., Token Merging: Your ViT but Faster, ICLR 2023", uses=("keys",), merges=True,
     options=("r", "protect", "split"),
 )
-def tome(x: np.ndarray, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator,
+def tome(x: torch.Tensor, k: int, sizes: torch.Tensor, signals: dict[str, Any], seed: int,
          r: int | None = None, protect: Any = None, split: str = "sequence") -> Reduction:
     """``r``: the most tokens one round merges (default: as many as a round allows, ``ceil(n/2)``).
     ``protect``: indices of tokens never merged (each stays its own output token). ``split``: ``"sequence"``
     (default, ToMe's code: the A/B alternation runs over every token, protected ones included) or ``"free"``
     (over the unprotected tokens only)."""
-    n = len(sizes)
+    import torch
+
+    b, n = sizes.shape
     if r is not None and (isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1):
         raise ValueError(f"tome: r (merges per round) must be a whole number >= 1, got {r!r}")
     if split not in ("sequence", "free"):
@@ -144,7 +150,7 @@ def tome(x: np.ndarray, k: int, sizes: np.ndarray, signals: dict[str, Any], rng:
                          f"the unprotected tokens only), got {split!r}")
     fixed = np.zeros(n, bool)
     if protect is not None:
-        index = np.asarray(protect).reshape(-1)
+        index = np.asarray(protect.cpu() if isinstance(protect, torch.Tensor) else protect).reshape(-1)
         if index.size and (not np.issubdtype(index.dtype, np.integer) or index.min() < -n or index.max() >= n):
             raise ValueError(f"tome: protect must hold token indices in 0..{n - 1}, got {protect!r}")
         fixed[index] = True
@@ -155,23 +161,29 @@ def tome(x: np.ndarray, k: int, sizes: np.ndarray, signals: dict[str, Any], rng:
     features = signals.get("keys")
     if features is None:
         features = x
-    if features.ndim != 2:
-        raise ValueError(f"tome: the similarity features must be (N, d), got shape {features.shape}")
+    if features.ndim != 3:
+        raise ValueError(f"tome: the similarity features must be (N, d), got shape {tuple(features.shape[1:])}")
+    weighted = features.float() * sizes.float()[..., None]  # scores in float32, as ToMe
     if split == "sequence" or n_fixed == 0:
         # every token in reading order, protected ones in place: outputs come numbered by first input already
-        weighted = features.astype(np.float32) * sizes[:, None].astype(np.float32)
-        assign, _ = _merge_rounds(weighted, fixed, k - n_fixed, r)
-        return Reduction(assign)
-    free = np.flatnonzero(~fixed)
-    weighted = features[free].astype(np.float32) * sizes[free, None].astype(np.float32)
-    assign, m = _merge_rounds(weighted, np.zeros(len(free), bool), k - n_fixed, r)
-    first = np.full(m, np.iinfo(np.int64).max)
-    np.minimum.at(first, assign, free)
+        mask = torch.from_numpy(fixed).to(sizes.device)
+        if n_fixed and b > 1:  # the protected tokens' sides can differ per image after a round
+            return Reduction(torch.cat([_merge_rounds(weighted[i:i + 1], mask[None], k - n_fixed, r)[0]
+                                        for i in range(b)]))
+        return Reduction(_merge_rounds(weighted, mask.expand(b, n), k - n_fixed, r)[0])
+    free = torch.from_numpy(np.flatnonzero(~fixed)).to(sizes.device)
+    part = weighted[:, free]
+    assign, m = _merge_rounds(part, torch.zeros(b, len(free), dtype=torch.bool, device=sizes.device),
+                              k - n_fixed, r)
+    first = torch.full((b, m), n, dtype=torch.int64, device=sizes.device).scatter_reduce_(
+        1, assign, free.expand(b, -1), reduce="amin")
     # protected tokens join as singletons; all outputs numbered by their smallest input index
-    group_first = np.concatenate([first, np.flatnonzero(fixed)])
-    token = np.empty(n, np.int64)
-    token[free] = assign
-    token[fixed] = m + np.arange(n_fixed)
-    out_rank = np.empty(len(group_first), np.int64)
-    out_rank[np.argsort(group_first, kind="stable")] = np.arange(len(group_first))
-    return Reduction(out_rank[token])
+    protected = torch.from_numpy(np.flatnonzero(fixed)).to(sizes.device)
+    group_first = torch.cat([first, protected.expand(b, -1)], dim=1)
+    token = torch.empty(b, n, dtype=torch.int64, device=sizes.device)
+    token[:, free] = assign
+    token[:, protected] = m + torch.arange(n_fixed, device=sizes.device)
+    order = torch.sort(group_first, dim=-1, stable=True).indices
+    out_rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=sizes.device)
+                                                .expand_as(order))
+    return Reduction(out_rank.gather(1, token))

@@ -28,11 +28,15 @@ then the contextual tokens in the order of their targets (which is input order).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vistok.reducers.core import Reduction, register_method, top_k
+from vistok.reducers.core import Reduction, register_method, top_k, unit_rows
+from vistok.reducers.prumerge import _rows, _split_kept
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["visionzip", "contextual_count", "PAPER_CONTEXTUAL"]
 
@@ -53,61 +57,63 @@ def contextual_count(k: int, contextual: float | int) -> int:
     return int(np.floor(k * contextual + 0.5))
 
 
-def _unit_rows(m: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, in float32 (cosines only rank here; float32 halves the matmul)."""
-    m = m if m.ndim == 2 else m[:, None]
-    return (m / np.maximum(np.sqrt(np.einsum("ij,ij->i", m, m)), 1e-12)[:, None]).astype(np.float32)
-
-
 @register_method(
     "visionzip", description="dominant tokens by CLS attention + contextual tokens merged into uniform targets "
                              "by key similarity",
     paper="Yang et al., VisionZip, CVPR 2025 (arXiv 2412.04467)", needs=("cls_attention",), uses=("keys",),
     merges=True, keeps_order=False, averages=False, options=("contextual", "contextual_merge"),
 )
-def visionzip(x: np.ndarray, k: int, sizes: np.ndarray, signals: dict[str, Any], rng: np.random.Generator,
+def visionzip(x: torch.Tensor, k: int, sizes: torch.Tensor, signals: dict[str, Any], seed: int,
               contextual: float | int = PAPER_CONTEXTUAL, contextual_merge: str = "add") -> Reduction:
     """``contextual_merge``: ``"add"`` (default, the official code: target + mean of the joined tokens) or
     ``"mean"`` (the size-weighted mean of the target and the joined tokens)."""
+    import torch
+
     if contextual_merge not in ("add", "mean"):
         raise ValueError(f"visionzip: contextual_merge must be 'add' (target + mean of the joined tokens, the "
                          f"official code) or 'mean' (mean of target and joined), got {contextual_merge!r}")
-    n = len(sizes)
+    b, n, d = x.shape
     c = contextual_count(k, contextual)
     scores = signals["cls_attention"]
-    scores = scores.mean(axis=1) if scores.ndim == 2 else scores
-    dominant = np.sort(top_k(scores, k - c))
-    assign = np.full(n, -1, np.int64)
-    assign[dominant] = np.arange(k - c)
+    scores = scores.mean(dim=-1) if scores.ndim == 3 else scores
+    dominant_mask = torch.zeros(b, n, dtype=torch.bool, device=x.device).scatter_(1, top_k(scores, k - c), True)
+    dominant, rest = _split_kept(dominant_mask)  # ascending; rest: the remaining tokens in input order
+    assign = torch.full((b, n), -1, dtype=torch.int64, device=x.device)
+    assign.scatter_(1, dominant, torch.arange(k - c, device=x.device).expand_as(dominant))
     if c == 0:
-        return Reduction(assign, values=x[dominant])
-    rest = np.setdiff1d(np.arange(n), dominant)  # the remaining tokens, in input order
-    r = len(rest)
-    is_target = np.zeros(r, bool)
-    is_target[np.arange(0, r, max(1, r // c))[:c]] = True
-    targets, others = rest[is_target], rest[~is_target]
-    assign[targets] = k - c + np.arange(c)
-    if len(others):
+        return Reduction(assign, values=_rows(x, dominant))
+    r = rest.shape[1]
+    is_target = torch.zeros(r, dtype=torch.bool, device=x.device)
+    is_target[torch.arange(0, r, max(1, r // c), device=x.device)[:c]] = True
+    targets, others = rest[:, is_target], rest[:, ~is_target]
+    assign.scatter_(1, targets, (k - c + torch.arange(c, device=x.device)).expand_as(targets))
+    group = torch.zeros(b, 0, dtype=torch.int64, device=x.device)
+    if others.shape[1]:
         metric = signals.get("keys", x)
-        similarity = _unit_rows(metric[others]) @ _unit_rows(metric[targets]).T  # (R - C, C) cosines of the keys
-        assign[others] = k - c + np.argmax(similarity, axis=1)
-    return Reduction(assign, values=np.vstack([x[dominant], _contextual_values(x, sizes, assign, targets, k - c,
-                                                                               contextual_merge)]))
+        similarity = unit_rows(_rows(metric, others) if metric.ndim == 3 else metric.gather(1, others)) @ \
+            unit_rows(_rows(metric, targets) if metric.ndim == 3 else metric.gather(1, targets)).transpose(-1, -2)
+        group = torch.argmax(similarity, dim=-1)  # (B, R - C): the most similar target, ties to the earlier
+        assign.scatter_(1, others, k - c + group)
+    return Reduction(assign, values=torch.cat([_rows(x, dominant), _contextual_values(
+        x, sizes, targets, others, group, contextual_merge)], dim=1))
 
 
-def _contextual_values(x: np.ndarray, sizes: np.ndarray, assign: np.ndarray, targets: np.ndarray, start: int,
-                       rule: str) -> np.ndarray:
-    """``(C, D)`` contextual tokens: target + size-weighted mean of the joined tokens (``"add"``), or the
-    size-weighted mean of target and joined (``"mean"``). Outputs ``start..start+C-1`` are the targets'."""
-    c = len(targets)
-    group = assign - start
-    joined = np.flatnonzero(group >= 0)
-    joined = joined[~np.isin(joined, targets)]
-    from scipy.sparse import csr_matrix  # a scikit-learn dependency (np.add.at is ~10x slower here)
+def _contextual_values(x: torch.Tensor, sizes: torch.Tensor, targets: torch.Tensor, others: torch.Tensor,
+                       group: torch.Tensor, rule: str) -> torch.Tensor:
+    """``(B, C, D)`` contextual tokens: target + size-weighted mean of the tokens that joined it (``"add"``), or
+    the size-weighted mean of target and joined (``"mean"``); ``group`` ``(B, R - C)`` the target each of
+    ``others`` joined."""
+    import torch
 
-    member = csr_matrix((sizes[joined], (group[joined], joined)), shape=(c, len(x)))
-    sums = np.asarray(member @ x)
-    weight = np.bincount(group[joined], weights=sizes[joined], minlength=c)
+    b, c = targets.shape
+    d = x.shape[-1]
+    w = sizes.gather(1, others)
+    flat = (group + torch.arange(b, device=x.device)[:, None] * c).view(-1)
+    sums = torch.zeros(b * c, d, dtype=x.dtype, device=x.device).index_add_(
+        0, flat, (_rows(x, others) * w[..., None]).view(-1, d)).view(b, c, d)
+    weight = torch.zeros(b * c, dtype=x.dtype, device=x.device).index_add_(0, flat, w.reshape(-1)).view(b, c)
+    target = _rows(x, targets)
     if rule == "add":
-        return x[targets] + sums / np.maximum(weight, 1e-300)[:, None] * (weight > 0)[:, None]
-    return (sums + x[targets] * sizes[targets, None]) / (weight + sizes[targets])[:, None]
+        return target + sums / torch.where(weight > 0, weight, 1)[..., None]  # nobody joined: the target as it is
+    own = sizes.gather(1, targets)
+    return (sums + target * own[..., None]) / (weight + own)[..., None]
