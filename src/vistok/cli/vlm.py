@@ -29,9 +29,10 @@ def vlm_command(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
-    """Answer PROMPT about IMAGES with a transformers VLM (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL,
-    Qwen2.5-VL, PaliGemma, Gemma 3, Idefics3, SmolVLM), feeding its language model fewer visual tokens with
-    --reduce, and show the tokens, positions and prefill time each run used."""
+    """Ask a transformers VLM about images with fewer visual tokens (-r visionzip:64); shows tokens, positions, time.
+
+    Supported: LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, PaliGemma, Gemma 3, Idefics3, SmolVLM.
+    """
     from vistok.images import ImageError, open_image
     from vistok.vlm.run import ask, load
 
