@@ -356,3 +356,48 @@ def test_cli_vlm_compare_and_errors(llava, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     assert runner.invoke(app, ["vlm", str(folder), str(broken)]).exit_code == 1
+
+
+@pytest.mark.parametrize("method", vistok.reduce_methods())
+def test_every_registered_method_runs_inside_llava(llava, method):
+    """Parametrized over the registry: each method either reduces every image to the count asked for, with the
+    signals captured from the tower, or (a signal no VLM tower gives) refuses in one line naming it."""
+    from vistok.reducers.core import method_info
+
+    model, proc, _ = llava
+    batch = inputs(proc, n=2)
+    info = method_info(method)
+    if set(info.needs) - {"cls_attention", "keys"}:
+        with pytest.raises(ValueError, match=f"needs the '{info.needs[0]}' signal"):
+            vlm.patch(model, method, keep=9)
+        return
+    with torch.no_grad(), vlm.patch(model, method, keep=9) as handle:
+        out = model(**batch, use_cache=True)
+    after = [s["after"] for s in handle.stats]
+    assert after == [9, 9] if info.exact else all(1 <= a <= 9 for a in after)
+    assert out.cache.get_seq_length() == batch["input_ids"].shape[1] - sum(36 - a for a in after) // 2
+    assert torch.isfinite(out.logits).all()
+
+
+def test_kv_length_is_vistok_count_minus_the_reduction(tmp_path):
+    """At LLaVA-1.5's real 336 px geometry the LM holds vistok.count's 576 image tokens minus the reduction."""
+    tok = tiny_tokenizer(["<image>"], extra_words=["what", "is", "in", "the"])
+    config = transformers.LlavaConfig(
+        vision_config=transformers.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, image_size=336, patch_size=14),
+        text_config=transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"))
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    ip = transformers.CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    proc = transformers.LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14,
+                                       vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                       image_token="<image>")
+    image = noise_image(9, size=500)
+    batch = dict(proc(images=image, text="<image> what is in the image", return_tensors="pt"))
+    text_tokens = int((batch["input_ids"] != config.image_token_id).sum())
+    counted = vistok.count(image.size, model="llava-1.5-7b").image_tokens
+    with torch.no_grad(), vlm.patch(model, "visionzip", keep=64):
+        cache = model(**batch, use_cache=True).cache
+    assert counted == 576
+    assert cache.get_seq_length() == text_tokens + counted - (576 - 64)
