@@ -18,13 +18,16 @@ Reducer latency: every method in ``vistok.reduce_methods()`` on random tokens of
 grid, as CLIP ViT-L/14 at 336 px gives LLaVA; N=2880 on 48x60), keeping 1/4, with the signals each method
 declares synthesised: ``cls_attention`` a softmax of random logits over CLS + N (the N patch entries),
 ``keys`` random ``(N, 1024)``, ``saliency`` uniform in [0, 1], ``query`` random ``(1024,)``. Median of
-``--repeats`` runs after a warm-up, for ``vistok.reduce`` (the whole call: signal checks, the method, the
-rebuilt Tokens with provenance) and for the registered method alone. BLAS runs on ``--threads`` threads (default
-1: on a busy 2-core machine a second BLAS thread waits on the other process and makes a 1 ms product take
-30-70 ms). Goal: under 10 ms at N=576.
+``--repeats`` runs after a warm-up of ``vistok.reduce`` (the whole call: signal checks, the torch method, the
+rebuilt Tokens with provenance), of the numpy reducers as they were before the port to torch (read from git
+history by ``legacy_reducers.py``, the named peer: "numpy" is its time, "vs numpy" the ratio), and of
+``vistok.reducers.reduce_tensor`` on the same float32 tokens as a ``(1, N, D)`` tensor. BLAS and torch run on
+``--threads`` threads (default 1: on a busy 2-core machine a second thread waits on the other process and makes
+a 1 ms product take 30-70 ms). Goal: ``reduce()`` under 10 ms at N=576.
 
     python benchmarks/reduce_speed.py              # about 9 minutes on 2 cores
     python benchmarks/reduce_speed.py --quick      # smaller splits, about 4 minutes
+    python benchmarks/reduce_speed.py --no-tome    # the latency table alone, under a minute
     python benchmarks/reduce_speed.py --markdown   # the tables as Markdown
 """
 
@@ -114,23 +117,27 @@ def median_ms(fn, repeats: int) -> float:
     return float(np.median(times)) * 1e3
 
 
-def latency(dim: int, repeats: int, seed: int) -> tuple[list[str], dict[tuple[str, int], tuple[float, float]]]:
-    from vistok.reducers import keep_count, method_info
+def latency(dim: int, repeats: int, seed: int) -> tuple[list[str], dict[tuple[str, int], tuple[float, ...]]]:
+    """Per (method, N): ms of ``vistok.reduce``, of the numpy-era ``reduce`` and of ``reduce_tensor``."""
+    import torch
+    from legacy_reducers import load
 
+    from vistok.reducers import method_info, reduce_tensor
+
+    numpy_reduce = load()
     methods = vistok.reduce_methods()
-    out: dict[tuple[str, int], tuple[float, float]] = {}
+    out: dict[tuple[str, int], tuple[float, ...]] = {}
     for n, grid in ((576, (24, 24)), (2880, (48, 60))):
         tokens, all_signals = synthetic(n, grid, dim, seed)
-        k = keep_count(n, None, 0.25)
+        x = torch.from_numpy(tokens.values)[None]
         for name in methods:
             info = method_info(name)
             signals = {s: all_signals[s] for s in (*info.needs, *info.uses) if s in all_signals}
+            tensors = {s: torch.from_numpy(v)[None] for s, v in signals.items()}
             whole = median_ms(lambda: vistok.reduce(tokens, name, ratio=0.25, **signals), repeats)  # noqa: B023 (timed here)
-            # the registered function alone, on the inputs reduce() hands it
-            given = {s: np.asarray(v, np.float64) for s, v in signals.items()} | {"grid": grid}
-            x, sizes = tokens.values.astype(np.float64), np.ones(n)
-            alone = median_ms(lambda: info.fn(x, k, sizes, dict(given), np.random.default_rng(0)), repeats)  # noqa: B023
-            out[(name, n)] = (whole, alone)
+            old = median_ms(lambda: numpy_reduce(tokens, name, ratio=0.25, **signals), repeats)  # noqa: B023
+            batched = median_ms(lambda: reduce_tensor(x, name, ratio=0.25, grid=grid, **tensors), repeats)  # noqa: B023
+            out[(name, n)] = (whole, old, batched)
     return methods, out
 
 
@@ -150,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per latency cell (median kept)")
     parser.add_argument("--dim", type=int, default=1024, help="token size for the latency table")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads for the latency table")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS and torch threads for the latency table")
     parser.add_argument("--quick", action="store_true", help="160/80 at 224, 32/16 at 448, 5 repeats")
     parser.add_argument("--no-tome", action="store_true", help="skip the in-model ToMe table")
     parser.add_argument("--no-latency", action="store_true", help="skip the reducer latency table")
@@ -188,19 +195,25 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "goal (>=1.5x, <=2 pt)"], out, args.markdown))
 
     if not args.no_latency:
+        import torch
         from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-        with threadpool_limits(limits=args.threads):
-            methods, cells = latency(args.dim, args.repeats, args.seed)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        try:
+            with threadpool_limits(limits=args.threads):
+                methods, cells = latency(args.dim, args.repeats, args.seed)
+        finally:
+            torch.set_num_threads(threads)
         out = []
         for name in methods:
-            (w576, a576), (w2880, a2880) = cells[(name, 576)], cells[(name, 2880)]
-            out.append([name, f"{w576:.1f}", f"{a576:.1f}", f"{w2880:.1f}", f"{a2880:.1f}",
-                        "yes" if w576 < 10 else "no"])
-        print(table(f"Reducer latency, ms (median of {args.repeats}; D={args.dim}, keep 1/4; {args.threads} BLAS "
-                    f"thread(s); {machine})",
-                    ["method", "N=576 reduce()", "N=576 method", "N=2880 reduce()", "N=2880 method",
-                     "< 10 ms at 576"], out, args.markdown))
+            (w576, o576, t576), (w2880, o2880, t2880) = cells[(name, 576)], cells[(name, 2880)]
+            out.append([name, f"{w576:.1f}", f"{o576:.1f}", f"{o576 / w576:.1f}x", f"{t576:.1f}", f"{w2880:.1f}",
+                        f"{o2880:.1f}", f"{o2880 / w2880:.1f}x", "yes" if w576 < 10 else "no"])
+        print(table(f"Reducer latency, ms (median of {args.repeats}; D={args.dim}, keep 1/4; {args.threads} BLAS/torch "
+                    f"thread(s); numpy = the reducers before the port to torch; {machine})",
+                    ["method", "576 reduce()", "576 numpy", "vs numpy", "576 reduce_tensor", "2880 reduce()",
+                     "2880 numpy", "vs numpy", "< 10 ms at 576"], out, args.markdown))
     notes.append(f"total {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f} at the end")
     for note in notes:
         print(f"note: {note}")

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Method", "Reduction", "register_method", "list_methods", "method_info", "reduce", "keep_count",
     "SIGNAL_SOURCES", "apply_assignment", "select", "top_k", "reduce_tensor", "TensorReduction", "select_layout",
-    "group_mean", "unit_rows", "symmetric",
+    "group_mean", "unit_rows", "symmetric", "gram",
 ]
 
 #: Where each signal comes from, for the error raised when a method lacks one.
@@ -227,13 +227,15 @@ def reduce(tokens: Tokens | Sequence[Tokens], method: str, *, keep: int | None =
                          "regions); reduce grid tokens with it first, or use a method that needs no grid")
     sizes = tokens.sizes
     sizes = np.maximum(sizes, 1) if sizes is not None else np.ones(n, np.int64)
+    torch = None
     if info.layout:
         result = info.fn(n, k, tokens.grid, seed, **options)
     else:
+        torch = _torch()
         result = _run_one(info, tokens, k, sizes, signals, seed, options)
     if result.values is not None and info.averages:
         raise AssertionError(f"{method} returns its own values: register it with averages=False")
-    out = apply_assignment(tokens, result, k if info.exact else None)
+    out = apply_assignment(tokens, result, k if info.exact else None, torch)
     out.meta["reductions"] = [*tokens.meta.get("reductions", []),
                               {"method": method, "from": n, "to": len(out), "seed": seed,
                                **{k_: v for k_, v in options.items() if isinstance(v, (int, float, str, bool))}}]
@@ -252,10 +254,11 @@ def _run_one(info: Method, tokens: Tokens, k: int | None, sizes: np.ndarray, sig
     given: dict[str, Any] = {name: torch.from_numpy(value).to(dtype)[None] for name, value in signals.items()}
     if tokens.grid is not None:
         given["grid"] = tokens.grid
+    weights = torch.from_numpy(sizes.astype(np.float64)).to(dtype)[None]
     with torch.no_grad():
-        result = info.fn(x, k, torch.from_numpy(sizes.astype(np.float64)).to(dtype)[None], given, seed, **options)
-    values = None if result.values is None else result.values[0].numpy()
-    return Reduction(result.assign[0].numpy(), values, result.grid)
+        result = info.fn(x, k, weights, given, seed, **options)
+    return Reduction(result.assign[0].numpy(), None if result.values is None else result.values[0].numpy(),
+                     result.grid)
 
 
 def _attention_free() -> list[str]:
@@ -263,7 +266,9 @@ def _attention_free() -> list[str]:
 
 
 def _check_signal(name: str, value: Any, n: int) -> np.ndarray:
-    array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value, dtype=np.float64)
+    array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+    if array.dtype not in (np.float32, np.float64):  # float32 stays as it is: the scores rank the same
+        array = array.astype(np.float64)
     if name == "query":
         if array.ndim != 1:
             raise ValueError(f"query must be one (D,) vector, got shape {array.shape}")
@@ -275,9 +280,10 @@ def _check_signal(name: str, value: Any, n: int) -> np.ndarray:
     return array
 
 
-def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None) -> Tokens:
+def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None, torch: Any = None) -> Tokens:
     """New ``Tokens`` from an assignment: size-weighted group means (or the method's values), summed sizes,
-    the source map composed with the assignment, boxes as group unions, per-token extras reduced."""
+    the source map composed with the assignment, boxes as group unions, per-token extras reduced (group sums
+    through ``torch`` when it is given)."""
     assign = np.asarray(result.assign, dtype=np.int64)
     n = len(tokens)
     if assign.shape != (n,):
@@ -293,7 +299,7 @@ def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None) ->
     members = np.bincount(assign[assign >= 0], minlength=k)
     single = bool((members == 1).all())  # a pure selection: gather rows instead of averaging
     first = _first_member(assign, k) if single or tokens.is_hard else None
-    groups = _Groups(assign, k, weights)
+    groups = _Groups(assign, k, weights, torch)
     if result.values is not None:
         values = np.asarray(result.values, dtype=tokens.values.dtype)
     elif tokens.is_hard or single:
@@ -331,36 +337,48 @@ def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None) ->
 
 
 class _Groups:
-    """Sums and size-weighted means over the output groups of an assignment: the members sorted by output, then
-    one ``np.add.reduceat`` per array (about 1 ms per ``576 x 1024`` array; ``np.add.at``: ~10 ms)."""
+    """Sums and size-weighted means over the output groups of an assignment, in float64: the members sorted by
+    output, then one sum over a ``(K, m, D)`` view when every group has ``m`` members (pooling), else
+    differences of a running sum (``np.add.reduceat`` and sparse products take several ms per ``576 x 1024``
+    array; this about one)."""
 
-    def __init__(self, assign: np.ndarray, k: int, weights: np.ndarray) -> None:
+    def __init__(self, assign: np.ndarray, k: int, weights: np.ndarray, torch: Any = None) -> None:
         keep = np.flatnonzero(assign >= 0)
-        self.k = k
+        self.k, self.torch = k, torch
         self.order = keep[np.argsort(assign[keep], kind="stable")]  # members by output, then input order
-        groups = assign[self.order]
-        self.starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if len(groups) else np.zeros(0, int)
-        self.present = groups[self.starts]  # outputs with members (all of them for a valid assignment)
+        counts = np.bincount(assign[keep], minlength=k)
+        self.ends = np.cumsum(counts)
+        self.uniform = int(counts[0]) if k and (counts == counts[0]).all() else 0
         self.weights = weights[self.order]
-        total = np.zeros(k)
-        total[self.present] = np.add.reduceat(self.weights, self.starts) if len(groups) else 0
-        self.total = np.maximum(total, 1e-12)
+        self.unweighted = bool((self.weights == 1).all())
+        self.total = np.maximum(self._sum(self.weights[:, None])[:, 0], 1e-12)
 
-    def _reduce(self, values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-        flat = np.asarray(values).reshape(len(values), -1)[self.order]
-        if weights is not None:
-            flat = flat * weights[:, None]
-        out = np.zeros((self.k, flat.shape[1]), np.result_type(flat.dtype, np.float64))
-        if len(flat):
-            out[self.present] = np.add.reduceat(flat, self.starts, axis=0, dtype=out.dtype)
+    def _sum(self, rows: np.ndarray) -> np.ndarray:
+        """``(k, F)`` float64 sums of the sorted member rows ``(M, F)`` of each group."""
+        if self.uniform:
+            return rows.reshape(self.k, self.uniform, -1).sum(axis=1, dtype=np.float64)
+        if self.torch is not None:  # torch's index_add (when the method ran in torch anyway): ~1 ms here
+            torch = self.torch
+            index = torch.from_numpy(np.repeat(np.arange(self.k), np.diff(self.ends, prepend=0)))
+            out = torch.zeros(self.k, rows.shape[1], dtype=torch.float64)
+            return out.index_add_(0, index, torch.from_numpy(np.ascontiguousarray(rows)).double()).numpy()
+        out = np.zeros((self.k, rows.shape[1]))
+        if len(rows):
+            running = np.cumsum(rows, axis=0, dtype=np.float64)
+            present = self.ends > 0
+            out[present] = running[self.ends[present] - 1]
+            out[1:] -= np.where((self.ends[:-1] > 0)[:, None], running[np.maximum(self.ends[:-1] - 1, 0)], 0.0)
         return out
 
     def sum(self, values: np.ndarray) -> np.ndarray:
-        return self._reduce(values, None).reshape(self.k, *np.shape(values)[1:])
+        flat = np.asarray(values).reshape(len(values), -1)[self.order]
+        return self._sum(flat).reshape(self.k, *np.shape(values)[1:])
 
     def mean(self, values: np.ndarray) -> np.ndarray:
-        out = self._reduce(values, self.weights) / self.total[:, None]
-        return out.reshape(self.k, *np.shape(values)[1:])
+        flat = np.asarray(values).reshape(len(values), -1)[self.order]
+        if not self.unweighted:
+            flat = flat * self.weights[:, None]
+        return (self._sum(flat) / self.total[:, None]).reshape(self.k, *np.shape(values)[1:])
 
 
 def _first_member(assign: np.ndarray, k: int) -> np.ndarray:
@@ -419,6 +437,18 @@ def unit_rows(m: torch.Tensor) -> torch.Tensor:
     m = m if m.ndim == 3 else m[..., None]
     m = m.float() if m.dtype not in (torch.float32, torch.float64) else m
     return (m / torch.sqrt((m * m).sum(-1, keepdim=True)).clamp_min(1e-12)).float()
+
+
+def gram(y: torch.Tensor) -> torch.Tensor:
+    """``(B, N, N)`` products ``y @ y.T`` of each ``y`` ``(B, N, D)``, exactly symmetric. On the CPU numpy's
+    symmetric product (BLAS ``syrk``) computes half the entries, on the same memory; elsewhere a matmul whose
+    lower triangle is copied from the upper one."""
+    import torch
+
+    if y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64) and not y.requires_grad:
+        rows = y.numpy()
+        return torch.from_numpy(np.stack([row @ row.T for row in rows]))
+    return symmetric(torch.matmul(y, y.transpose(-1, -2)))
 
 
 def symmetric(m: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vistok.reducers.core import Reduction, register_method, select, symmetric
+from vistok.reducers.core import Reduction, gram, register_method, select
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +59,7 @@ def _distances(x: torch.Tensor) -> torch.Tensor:
 
     norms = torch.linalg.vector_norm(x, dim=-1)
     y = x / torch.where(norms > 0, norms, 1.0)[..., None]
-    dist = symmetric(torch.matmul(y, y.transpose(-1, -2)))
+    dist = gram(y)
     dist = (1.0 - dist).clamp_min_(0.0)  # rounding can push 1 - cos of near-parallel tokens just below 0
     zero = norms == 0
     if bool(zero.any()):  # a zero vector: cos 0 with every other token, another zero vector included

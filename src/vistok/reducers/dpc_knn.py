@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vistok.reducers.core import Reduction, register_method, symmetric, top_k
+from vistok.reducers.core import Reduction, gram, register_method, top_k
 from vistok.reducers.divprune import _as_batch
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def _squared(x: torch.Tensor) -> torch.Tensor:
     (ties between ``d(i, j)`` and ``d(j, i)``, such as two mutual nearest neighbours, stay ties), zeros on the
     diagonal."""
     sq = (x * x).sum(-1)
-    d2 = symmetric(x @ x.transpose(-1, -2)).mul_(-2.0)
+    d2 = gram(x).mul_(-2.0)
     d2 += sq[:, :, None] + sq[:, None, :]  # sq_i + sq_j == sq_j + sq_i, so the sum stays symmetric
     d2.clamp_min_(0.0)
     d2.diagonal(dim1=-2, dim2=-1).zero_()
