@@ -140,3 +140,18 @@ def test_tome_with_a_protected_token_batches_row_by_row():
     for i in range(3):
         assert torch.equal(out.assign[i], reduce_tensor(x[i], "tome", keep=6, protect=[0]).assign[0])
     assert (out.assign[:, 0] == 0).all() and (out.sizes[:, 0] == 1).all()  # the protected token stays alone
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", vistok.reduce_methods())
+def test_on_cuda_the_result_stays_there_and_equals_the_cpu(method):
+    x, signals = inputs(9, batch=2, dtype=torch.float32)
+    given = wanted(method, signals)
+    cpu = reduce_tensor(x, method, grid=GRID, **count(method), **given)
+    gpu = reduce_tensor(x.cuda(), method, grid=GRID, **count(method), **{k: v.cuda() for k, v in given.items()})
+    assert gpu.values.device.type == "cuda" and gpu.assign.device.type == "cuda"
+    assert torch.equal(gpu.assign.cpu(), cpu.assign)
+    torch.testing.assert_close(gpu.values.cpu(), cpu.values, rtol=1e-4, atol=1e-5)
+    half = reduce_tensor(x.cuda().half(), method, grid=GRID, **count(method),
+                         **{k: v.cuda().half() for k, v in given.items()})
+    assert half.values.dtype == torch.float16 and half.values.device.type == "cuda"

@@ -65,12 +65,17 @@ if TYPE_CHECKING:
 __all__ = ["dpc_knn", "dpc_knn_clusters", "squared_distances", "knn_log_density"]
 
 
-def _squared(x: torch.Tensor) -> torch.Tensor:
+def _squared(x: torch.Tensor, check: bool = False) -> torch.Tensor:
     """``(B, N, N)`` squared Euclidean distances between the rows of each ``x`` ``(B, N, D)``: exactly symmetric
     (ties between ``d(i, j)`` and ``d(j, i)``, such as two mutual nearest neighbours, stay ties), zeros on the
-    diagonal."""
-    sq = (x * x).sum(-1)
-    d2 = gram(x).mul_(-2.0)
+    diagonal. ``check``: raise when a vector has a NaN or infinite entry (its squared norm is not finite)."""
+    import torch
+
+    g = gram(x)
+    sq = g.diagonal(dim1=-2, dim2=-1).clone()  # |x_i|^2 from the same product: identical rows give exactly 0
+    if check and not bool(torch.isfinite(sq).all()):
+        raise ValueError("dpc-knn: the token vectors have NaN or infinite entries (or entries too large to square)")
+    d2 = g.mul_(-2.0)
     d2 += sq[:, :, None] + sq[:, None, :]  # sq_i + sq_j == sq_j + sq_i, so the sum stays symmetric
     d2.clamp_min_(0.0)
     d2.diagonal(dim1=-2, dim2=-1).zero_()
@@ -111,7 +116,7 @@ def _clusters(x: torch.Tensor, k: int, neighbours: int, count_self: bool, noise:
     import torch
 
     b, n, dim = x.shape
-    d2 = _squared(x)
+    d2 = _squared(x, check=True)
     log_rho = _log_density(d2, dim, neighbours, count_self)
     if noise > 0:  # rho + u, in log space: log(exp(log_rho) + u); the same draw for every row
         u = torch.from_numpy((rng if rng is not None else np.random.default_rng(0)).random(n) * noise)
@@ -153,7 +158,6 @@ def dpc_knn(x: torch.Tensor, k: int, sizes: torch.Tensor, signals: dict[str, Any
     clusters); ``count_self``: the token's own zero distance is one of them (default, as Chat-UniVi);
     ``noise``: Chat-UniVi's density jitter (``1e-6`` there; default 0, ties by input order; drawn from ``seed``,
     the same for every image of a batch)."""
-    import torch
 
     if neighbours is None:
         neighbours = 5 if k >= 5 else min(3, max(k // 2, 1))
@@ -163,7 +167,5 @@ def dpc_knn(x: torch.Tensor, k: int, sizes: torch.Tensor, signals: dict[str, Any
         raise ValueError(f"dpc-knn: count_self must be True or False, got {count_self!r}")
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < np.inf:
         raise ValueError(f"dpc-knn: noise must be a number >= 0 (Chat-UniVi adds 1e-6), got {noise!r}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("dpc-knn: the token vectors have NaN or infinite entries")
     _, assign = _clusters(x, k, int(neighbours), bool(count_self), float(noise), np.random.default_rng(seed))
     return Reduction(assign)
