@@ -37,7 +37,7 @@ def test_reduce_tensor_equals_reduce(method):
     for seed in range(3):
         x, signals = inputs(seed)
         given = wanted(method, signals)
-        out = reduce_tensor(x, method, grid=GRID, **count(method), **given)
+        out = reduce_tensor(x, method, token_grid=GRID, **count(method), **given)
         ref = vistok.reduce(vistok.Tokens.from_grid(x[0].numpy(), GRID), method, **count(method),
                             **{k: v[0].numpy() for k, v in given.items()})
         assert isinstance(out, TensorReduction)
@@ -52,10 +52,10 @@ def test_a_batch_equals_one_call_per_row(method):
     x, signals = inputs(7, batch=3, dtype=torch.float32)
     given = wanted(method, signals)
     sizes = torch.randint(1, 4, (3, N)).float()
-    out = reduce_tensor(x, method, grid=GRID, sizes=sizes, **count(method), **given)
+    out = reduce_tensor(x, method, token_grid=GRID, sizes=sizes, **count(method), **given)
     for i in range(3):
         row = {k: v[i:i + 1] for k, v in given.items()}
-        one = reduce_tensor(x[i:i + 1], method, grid=GRID, sizes=sizes[i:i + 1], **count(method), **row)
+        one = reduce_tensor(x[i:i + 1], method, token_grid=GRID, sizes=sizes[i:i + 1], **count(method), **row)
         assert torch.equal(out.assign[i], one.assign[0])
         torch.testing.assert_close(out.values[i], one.values[0])
         torch.testing.assert_close(out.sizes[i], one.sizes[0])
@@ -69,8 +69,8 @@ def test_half_precision_keeps_its_dtype_and_stays_close(method, dtype):
     x, signals = inputs(3, batch=2, dtype=torch.float32)
     x = x.to(dtype).float()  # the same numbers in both runs, so the choices agree
     given = wanted(method, signals)
-    full = reduce_tensor(x, method, grid=GRID, **count(method), **given)
-    half = reduce_tensor(x.to(dtype), method, grid=GRID, **count(method), **{k: v.to(dtype) for k, v in given.items()})
+    full = reduce_tensor(x, method, token_grid=GRID, **count(method), **given)
+    half = reduce_tensor(x.to(dtype), method, token_grid=GRID, **count(method), **{k: v.to(dtype) for k, v in given.items()})
     assert half.values.dtype == dtype and half.assign.dtype == torch.int64
     assert half.values.shape == full.values.shape
     if torch.equal(half.assign, full.assign):  # rounding of half-precision signals may flip a near tie
@@ -81,8 +81,8 @@ def test_half_precision_keeps_its_dtype_and_stays_close(method, dtype):
 def test_an_n_by_d_input_is_a_batch_of_one(method):
     x, signals = inputs(5, dtype=torch.float32)
     given = wanted(method, signals)
-    out = reduce_tensor(x[0], method, grid=GRID, **count(method), **given)
-    ref = reduce_tensor(x, method, grid=GRID, **count(method), **given)
+    out = reduce_tensor(x[0], method, token_grid=GRID, **count(method), **given)
+    ref = reduce_tensor(x, method, token_grid=GRID, **count(method), **given)
     assert out.values.ndim == 3 and torch.equal(out.assign, ref.assign)
     torch.testing.assert_close(out.values, ref.values)
 
@@ -116,10 +116,10 @@ def test_bad_inputs_give_clear_errors():
         reduce_tensor(x, "cls-attention", keep=4, cls_attention=torch.full((2, N), float("nan")))
     with pytest.raises(TypeError, match="takes no option 'bogus'"):
         reduce_tensor(x, "tome", keep=4, bogus=1)
-    with pytest.raises(ValueError, match="works on a token grid: pass grid"):
+    with pytest.raises(ValueError, match="works on a token grid: pass token_grid"):
         reduce_tensor(x, "pool", keep=4)
-    with pytest.raises(ValueError, match=r"grid \(5, 5\) does not hold the 36 tokens"):
-        reduce_tensor(x, "pool", keep=4, grid=(5, 5))
+    with pytest.raises(ValueError, match=r"token_grid \(5, 5\) does not hold the 36 tokens"):
+        reduce_tensor(x, "pool", keep=4, token_grid=(5, 5))
     with pytest.raises(ValueError, match=r"sizes must have one entry per token, \(B, N\) with \(B, N\) = \(2, 36\)"):
         reduce_tensor(x, "tome", keep=4, sizes=torch.ones(2, 35))
 
@@ -147,11 +147,20 @@ def test_tome_with_a_protected_token_batches_row_by_row():
 def test_on_cuda_the_result_stays_there_and_equals_the_cpu(method):
     x, signals = inputs(9, batch=2, dtype=torch.float32)
     given = wanted(method, signals)
-    cpu = reduce_tensor(x, method, grid=GRID, **count(method), **given)
-    gpu = reduce_tensor(x.cuda(), method, grid=GRID, **count(method), **{k: v.cuda() for k, v in given.items()})
+    cpu = reduce_tensor(x, method, token_grid=GRID, **count(method), **given)
+    gpu = reduce_tensor(x.cuda(), method, token_grid=GRID, **count(method), **{k: v.cuda() for k, v in given.items()})
     assert gpu.values.device.type == "cuda" and gpu.assign.device.type == "cuda"
     assert torch.equal(gpu.assign.cpu(), cpu.assign)
     torch.testing.assert_close(gpu.values.cpu(), cpu.values, rtol=1e-4, atol=1e-5)
-    half = reduce_tensor(x.cuda().half(), method, grid=GRID, **count(method),
+    half = reduce_tensor(x.cuda().half(), method, token_grid=GRID, **count(method),
                          **{k: v.cuda().half() for k, v in given.items()})
     assert half.values.dtype == torch.float16 and half.values.device.type == "cuda"
+
+
+def test_pool_grid_option_is_llama_vids_not_the_token_grid():
+    """pool's grid=g (LLaMA-VID's g x g output) passes through reduce_tensor beside the token grid."""
+    x = torch.arange(36 * 2, dtype=torch.float64).reshape(1, 36, 2)
+    out = reduce_tensor(x, "pool", token_grid=(6, 6), grid=2)
+    ref = vistok.reduce(vistok.Tokens.from_grid(x[0].numpy(), (6, 6)), "pool", grid=2)
+    assert out.values.shape == (1, 4, 2)
+    np.testing.assert_allclose(out.values[0].numpy(), ref.values)

@@ -401,3 +401,13 @@ def test_kv_length_is_vistok_count_minus_the_reduction(tmp_path):
         cache = model(**batch, use_cache=True).cache
     assert counted == 576
     assert cache.get_seq_length() == text_tokens + counted - (576 - 64)
+
+
+def test_llama_vid_grid_pooling_inside_llava(llava):
+    """pool's grid=g (LLaMA-VID's content tokens) gives g*g tokens per image inside the model."""
+    model, proc, _ = llava
+    batch = inputs(proc)
+    with torch.no_grad(), vlm.patch(model, "pool", grid=2) as handle:
+        out = model(**batch, use_cache=True)
+    assert handle.stats == [{"image": 0, "views": 1, "before": 36, "after": 4}]
+    assert out.cache.get_seq_length() == batch["input_ids"].shape[1] - 32

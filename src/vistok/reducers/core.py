@@ -511,14 +511,14 @@ def _tensor_signal(torch: Any, name: str, value: Any, b: int, n: int, device: An
 
 
 def reduce_tensor(x: torch.Tensor, method: str, *, keep: int | None = None, ratio: float | None = None, seed: int = 0,
-                  sizes: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
+                  sizes: torch.Tensor | None = None, token_grid: tuple[int, int] | None = None,
                   **signals_and_options: Any) -> TensorReduction:
     """:func:`reduce` on a torch batch ``x`` ``(B, N, D)`` (or ``(N, D)``, taken as ``B = 1``; the result keeps
     the batch axis), on ``x``'s device and in its dtype (scores in float32 for float16/bfloat16 inputs).
 
     Signals are tensors with the batch first: ``cls_attention`` ``(B, N)`` (or ``(B, N, H)``, averaged over
     heads), ``keys`` ``(B, N, d)``, ``saliency`` ``(B, N)``, ``query`` ``(B, D)`` or ``(D,)``. ``sizes`` ``(B, N)``:
-    how many patches each token stands for (default ones); ``grid`` ``(rows, cols)``: the token grid, shared by
+    how many patches each token stands for (default ones); ``token_grid`` ``(rows, cols)``: the token grid, shared by
     the batch. Options and ``keep``/``ratio`` as in :func:`reduce` (same checks and messages). Row ``i`` of the
     result equals :func:`reduce` on row ``i`` alone. A method whose count depends on the image (``prumerge``
     with ``adaptive=True``) takes one image at a time.
@@ -535,10 +535,10 @@ def reduce_tensor(x: torch.Tensor, method: str, *, keep: int | None = None, rati
     b, n, _ = x.shape
     signals, options, k = _split(info, n, keep, ratio, signals_and_options)
     _missing(info, signals, "the arguments")
-    if info.needs_grid and grid is None:
-        raise ValueError(f"{method} works on a token grid: pass grid=(rows, cols)")
-    if grid is not None and (len(grid) != 2 or int(grid[0]) * int(grid[1]) != n):
-        raise ValueError(f"grid {tuple(grid)} does not hold the {n} tokens of x")
+    if info.needs_grid and token_grid is None:
+        raise ValueError(f"{method} works on a token grid: pass token_grid=(rows, cols)")
+    if token_grid is not None and (len(token_grid) != 2 or int(token_grid[0]) * int(token_grid[1]) != n):
+        raise ValueError(f"token_grid {tuple(token_grid)} does not hold the {n} tokens of x")
     x = x.detach()
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     xc = x.to(dtype)
@@ -550,8 +550,8 @@ def reduce_tensor(x: torch.Tensor, method: str, *, keep: int | None = None, rati
             raise ValueError(f"sizes must be (B, N) = ({b}, {n}), got shape {tuple(weights.shape)}")
         weights = weights.clamp_min(1)
     given = {name: _tensor_signal(torch, name, value, b, n, x.device, dtype) for name, value in signals.items()}
-    if grid is not None:
-        given["grid"] = (int(grid[0]), int(grid[1]))
+    if token_grid is not None:
+        given["grid"] = (int(token_grid[0]), int(token_grid[1]))
     with torch.no_grad():
         if info.layout:
             result = info.fn(n, k, given.get("grid"), seed, **options)

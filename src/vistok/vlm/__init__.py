@@ -105,7 +105,7 @@ def _reduce_tensor(tokens: torch.Tensor, method: str, k: int | None, seed: int, 
                      **{n: v.detach().float().cpu().numpy() for n, v in signals.items()}, **options)
         assign = torch.from_numpy(np.asarray(out.source).reshape(-1).astype(np.int64)).to(tokens.device)
         return torch.from_numpy(np.ascontiguousarray(out.values)).to(tokens.device, tokens.dtype), assign
-    result = reduce_tensor(tokens[None], method, keep=k, seed=seed, grid=grid,
+    result = reduce_tensor(tokens[None], method, keep=k, seed=seed, token_grid=grid,
                            **{n: v[None] for n, v in signals.items()}, **options)
     assign = getattr(result, "assign", None)
     return result.values[0], (assign[0] if assign is not None else None)
