@@ -78,6 +78,8 @@ def checks(small: str) -> list[Check]:
         Check(["tokenize", "missing.jpg", "-t", "grid"], ok=False, contains=["missing.jpg"]),
         Check(["count", SAMPLE, "-m", "no-such-model"], ok=False, contains=["no-such-model"]),
         needs_extra("tokenize", SAMPLE, "-t", "efficientnet-lite0"),
+        needs_extra("tokenize", SAMPLE, "-t", "patch", "-r", "tome:0.25"),
+        needs_extra("vlm", "some-vlm-folder", SAMPLE, "-r", "visionzip:64"),
         needs_extra("show", SAMPLE, "-t", "focus-vit-s14", "-o", "vit.png"),
         needs_extra("classify", SAMPLE),
         needs_extra("tokenize", SAMPLE, "-t", "fsq-natural64"),

@@ -117,6 +117,9 @@ def reduce_all(items: dict[str, Any], specs: list[str] | None) -> dict[str, Any]
         method, options = parse_reduce(spec)
         try:
             items = {key: vistok.reduce(tokens, method, **options) for key, tokens in items.items()}
+        except ImportError as exc:  # a method that runs in torch, on a core install
+            error(f"--reduce {spec}: {exc}")
+            raise typer.Exit(1) from None
         except (KeyError, TypeError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
             error(f"--reduce {spec}: {message}")

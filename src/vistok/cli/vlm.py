@@ -34,7 +34,12 @@ def vlm_command(
     Supported: LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, PaliGemma, Gemma 3, Idefics3, SmolVLM.
     """
     from vistok.images import ImageError, open_image
-    from vistok.vlm.run import ask, load
+
+    try:
+        from vistok.vlm.run import ask, load
+    except ImportError as exc:
+        error(f"vistok vlm needs torch and transformers ({exc}): pip install 'vistok[vlm]'")
+        raise typer.Exit(1) from None
 
     method, options = parse_reduce(reduce) if reduce else (None, {})
     if method is None and compare:
