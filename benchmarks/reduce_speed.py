@@ -136,7 +136,7 @@ def latency(dim: int, repeats: int, seed: int) -> tuple[list[str], dict[tuple[st
             tensors = {s: torch.from_numpy(v)[None] for s, v in signals.items()}
             whole = median_ms(lambda: vistok.reduce(tokens, name, ratio=0.25, **signals), repeats)  # noqa: B023 (timed here)
             old = median_ms(lambda: numpy_reduce(tokens, name, ratio=0.25, **signals), repeats)  # noqa: B023
-            batched = median_ms(lambda: reduce_tensor(x, name, ratio=0.25, grid=grid, **tensors), repeats)  # noqa: B023
+            batched = median_ms(lambda: reduce_tensor(x, name, ratio=0.25, token_grid=grid, **tensors), repeats)  # noqa: B023
             out[(name, n)] = (whole, old, batched)
     return methods, out
 
