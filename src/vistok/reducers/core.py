@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Method", "Reduction", "register_method", "list_methods", "method_info", "reduce", "keep_count",
     "SIGNAL_SOURCES", "apply_assignment", "select", "top_k", "reduce_tensor", "TensorReduction", "select_layout",
-    "group_mean", "unit_rows", "symmetric", "gram",
+    "group_mean", "unit_rows", "symmetric", "gram", "all_finite",
 ]
 
 #: Where each signal comes from, for the error raised when a method lacks one.
@@ -304,6 +304,9 @@ def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None, to
         values = np.asarray(result.values, dtype=tokens.values.dtype)
     elif tokens.is_hard or single:
         values = tokens.values[first]
+    elif torch is not None and tokens.values.dtype == np.float32:  # float32 sums, as reduce_tensor computes them
+        values = group_mean(torch.from_numpy(tokens.values)[None], torch.from_numpy(assign)[None], k,
+                            torch.from_numpy(weights)[None])[0].numpy()
     else:
         values = groups.mean(tokens.values).astype(tokens.values.dtype)
     if tokens.source is not None:
@@ -460,17 +463,37 @@ def symmetric(m: torch.Tensor) -> torch.Tensor:
     return upper + torch.triu(m, 1).transpose(-1, -2)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite: its largest and smallest entries are (a NaN makes both NaN), two
+    reductions without the ``(..)`` boolean temporary of ``isfinite(t).all()`` (about 1.4 ms at 576 x 1024)."""
+    import torch
+
+    if t.numel() == 0:
+        return True
+    if not t.is_floating_point():
+        return True
+    return bool(torch.isfinite(t.amax())) and bool(torch.isfinite(t.amin()))
+
+
 def group_mean(x: torch.Tensor, assign: torch.Tensor, k: int, sizes: torch.Tensor) -> torch.Tensor:
     """``(B, k, D)`` size-weighted mean of the rows of ``x`` ``(B, N, D)`` in each output group of ``assign``
-    ``(B, N)`` (``-1`` rows left out), computed in ``x``'s dtype."""
+    ``(B, N)`` (``-1`` rows left out), computed in ``x``'s dtype (one ``index_add`` over the flattened batch;
+    rows of weight 1 are added as they are, which is the same sum)."""
     import torch
 
     b, n, d = x.shape
     kept = assign >= 0
-    flat = (assign + torch.arange(b, device=x.device)[:, None] * k)[kept]
+    every = bool(kept.all())
+    flat = assign + torch.arange(b, device=x.device)[:, None] * k
     w = sizes.to(x.dtype)
-    sums = torch.zeros(b * k, d, dtype=x.dtype, device=x.device).index_add_(0, flat, (x * w[..., None])[kept])
-    total = torch.zeros(b * k, dtype=x.dtype, device=x.device).index_add_(0, flat, w[kept])
+    rows = x if bool((w == 1).all()) else x * w[..., None]
+    rows, w = rows.reshape(b * n, d), w.reshape(-1)
+    if every:
+        flat = flat.reshape(-1)
+    else:
+        flat, rows, w = flat[kept], rows[kept.reshape(-1)], w[kept.reshape(-1)]
+    sums = torch.zeros(b * k, d, dtype=x.dtype, device=x.device).index_add_(0, flat, rows)
+    total = torch.zeros(b * k, dtype=x.dtype, device=x.device).index_add_(0, flat, w)
     return (sums / total.clamp_min(1e-12)[:, None]).view(b, k, d)
 
 
@@ -505,7 +528,7 @@ def _tensor_signal(torch: Any, name: str, value: Any, b: int, n: int, device: An
         shape = "(B, N, d)" if name == "keys" else "(B, N)"
         raise ValueError(f"{name} must have one entry per token, {shape} with (B, N) = ({b}, {n}), got shape "
                          f"{tuple(value.shape)}")
-    if not bool(torch.isfinite(value).all()):
+    if not all_finite(value):
         raise ValueError(f"{name} has NaN or infinite entries")
     return value
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vistok.reducers.core import Reduction, gram, register_method, select
+from vistok.reducers.core import Reduction, all_finite, gram, register_method, select
 
 if TYPE_CHECKING:
     import torch
@@ -130,8 +130,6 @@ def divprune_order(x: Any, k: int) -> Any:
     paper="Alvar et al., DivPrune, CVPR 2025", soft_only=True,
 )
 def divprune(x: torch.Tensor, k: int, sizes: torch.Tensor, signals: dict[str, Any], seed: int) -> Reduction:
-    import torch
-
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise ValueError("divprune: the token vectors have NaN or infinite entries")
     return select(x.shape[1], _order(x, k))

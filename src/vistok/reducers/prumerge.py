@@ -121,7 +121,12 @@ def _top_per_row(similarity: torch.Tensor, count: int) -> torch.Tensor:
     """``(B, K, P)`` mask of each row's ``count`` largest entries; among equal values the earlier columns win."""
     import torch
 
-    threshold = torch.topk(similarity, count, dim=-1).values[..., count - 1 : count]
+    p = similarity.shape[-1]
+    if similarity.device.type == "cpu":  # numpy's partition finds the count-th largest in half topk's time
+        part = np.partition(similarity.detach().numpy(), p - count, axis=-1)
+        threshold = torch.from_numpy(part[..., p - count : p - count + 1])
+    else:
+        threshold = torch.topk(similarity, count, dim=-1).values[..., count - 1 : count]
     above = similarity > threshold
     ties = similarity == threshold
     room = count - above.sum(dim=-1, keepdim=True)
@@ -130,9 +135,13 @@ def _top_per_row(similarity: torch.Tensor, count: int) -> torch.Tensor:
 
 def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``t[b, index[b]]`` for ``t`` ``(B, N, ...)`` and ``index`` ``(B, M)``."""
+    import torch
+
     if t.ndim == 2:
         return t.gather(1, index)
-    return t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
+    b, n = t.shape[:2]  # rows of the flattened batch: index_select copies whole rows, gather goes entry by entry
+    flat = (index + torch.arange(b, device=index.device)[:, None] * n).reshape(-1)
+    return t.reshape(b * n, *t.shape[2:]).index_select(0, flat).view(*index.shape, *t.shape[2:])
 
 
 def _split_kept(kept_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,6 +188,7 @@ def _merge_official(x: torch.Tensor, kept_mask: torch.Tensor, scores: torch.Tens
     """The official merge: ``y_p + sum a_j y_j`` over each kept token's key-nearest other tokens, then the extra
     token ``sum a_j y_j`` over the pruned ones (when any), last."""
     import torch
+    import torch.nn.functional as F
 
     b, n, d = x.shape
     kept, pruned = _split_kept(kept_mask)
@@ -191,8 +201,12 @@ def _merge_official(x: torch.Tensor, kept_mask: torch.Tensor, scores: torch.Tens
         unit = unit_rows(signals.get("keys", x))
         similarity = _rows(unit, kept) @ unit.transpose(-1, -2)  # (B, K, N) cosines of the keys
         similarity.scatter_(2, kept[..., None], -torch.inf)  # a token is not its own neighbour
-        chosen = _top_per_row(similarity, neighbours)
-        values = values + (chosen.to(x.dtype) * scores[:, None, :]) @ x
+        chosen = _top_per_row(similarity, neighbours)  # exactly `neighbours` per row
+        picked = chosen.nonzero()[:, 2].view(b, k, neighbours)  # their columns, ascending
+        flat = (picked + torch.arange(b, device=x.device)[:, None, None] * n).view(b * k, neighbours)
+        weights = scores.reshape(-1)[flat]  # sum_j a_j y_j over the picked rows alone, not a (K, N) product
+        values = values + F.embedding_bag(flat, x.reshape(b * n, d), per_sample_weights=weights,
+                                          mode="sum").view(b, k, d)
     if pruned.shape[1]:
         extra = (scores * ~kept_mask)[:, None, :] @ x
         values = torch.cat([values, extra], dim=1)
