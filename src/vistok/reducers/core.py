@@ -16,6 +16,7 @@ batch of one and rebuilds ``Tokens`` from the assignment. Methods whose assignme
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -354,7 +355,11 @@ class _Groups:
         self.uniform = int(counts[0]) if k and (counts == counts[0]).all() else 0
         self.weights = weights[self.order]
         self.unweighted = bool((self.weights == 1).all())
-        self.total = np.maximum(self._sum(self.weights[:, None])[:, 0], 1e-12)
+
+    @functools.cached_property
+    def total(self) -> np.ndarray:
+        """``(k,)`` the summed weights of each group (only means need them)."""
+        return np.maximum(self._sum(self.weights[:, None])[:, 0], 1e-12)
 
     def _sum(self, rows: np.ndarray) -> np.ndarray:
         """``(k, F)`` float64 sums of the sorted member rows ``(M, F)`` of each group."""
@@ -450,6 +455,8 @@ def gram(y: torch.Tensor) -> torch.Tensor:
 
     if y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64) and not y.requires_grad:
         rows = y.numpy()
+        if len(rows) == 1:  # no stacking copy for one image
+            return torch.from_numpy(rows[0] @ rows[0].T)[None]
         return torch.from_numpy(np.stack([row @ row.T for row in rows]))
     return symmetric(torch.matmul(y, y.transpose(-1, -2)))
 

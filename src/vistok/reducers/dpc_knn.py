@@ -110,6 +110,36 @@ def knn_log_density(d2: Any, dim: int, neighbours: int, count_self: bool = True)
     return out[0].numpy() if numpy_in else (out[0] if d2.ndim == 2 else out)
 
 
+def _nearest_denser(d2: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` each token's smallest squared distance to a denser one (``inf`` for the densest, which the caller
+    sets): with rows and columns of ``d2`` in density order (``order``), the row of the token ranked ``r`` holds the
+    denser tokens in its first ``r`` columns, so one add of a constant ``inf`` upper triangle and a row minimum
+    find it, instead of an ``(N, N)`` rank comparison and ``where``."""
+    import torch
+
+    b, n, _ = d2.shape
+    flat = (order + torch.arange(b, device=d2.device)[:, None] * n).reshape(-1)
+    rows = d2.reshape(b * n, n).index_select(0, flat).view(b, n, n)
+    ranked = rows.index_select(2, order[0]) if b == 1 else rows.gather(2, order[:, None, :].expand(b, n, n))
+    by_rank = (ranked + _upper_inf(n, d2.dtype, d2.device)).amin(dim=-1)
+    return torch.empty_like(by_rank).scatter_(1, order, by_rank)
+
+
+_UPPER: dict[tuple[int, Any, Any], torch.Tensor] = {}
+
+
+def _upper_inf(n: int, dtype: Any, device: Any) -> torch.Tensor:
+    """``(N, N)`` ``inf`` on and above the diagonal, ``0`` below (kept for the last few sizes)."""
+    import torch
+
+    key = (n, dtype, str(device))
+    if key not in _UPPER:
+        if len(_UPPER) > 8:
+            _UPPER.clear()
+        _UPPER[key] = torch.triu(torch.full((n, n), torch.inf, dtype=dtype, device=device))
+    return _UPPER[key]
+
+
 def _clusters(x: torch.Tensor, k: int, neighbours: int, count_self: bool, noise: float,
               rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(centres, assign)`` ``(B, K)`` and ``(B, N)`` for a batch ``x`` ``(B, N, D)``."""
@@ -122,9 +152,7 @@ def _clusters(x: torch.Tensor, k: int, neighbours: int, count_self: bool, noise:
         u = torch.from_numpy((rng if rng is not None else np.random.default_rng(0)).random(n) * noise)
         log_rho = torch.logaddexp(log_rho, torch.log(u.to(log_rho)))
     order = torch.sort(-log_rho, dim=-1, stable=True).indices  # densest first; equal densities: earlier first
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=x.device).expand(b, n))
-    denser = rank[:, None, :] < rank[:, :, None]
-    delta2 = torch.where(denser, d2, torch.inf).amin(dim=-1)
+    delta2 = _nearest_denser(d2, order)
     delta2.scatter_(1, order[:, :1], d2.amax(dim=(-2, -1))[:, None])
     log_score = log_rho + 0.5 * torch.log(delta2 / dim)  # delta 0 (a duplicate of a denser token): -inf
     centres = torch.sort(top_k(log_score, k), dim=-1).values
