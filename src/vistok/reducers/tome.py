@@ -123,9 +123,10 @@ def _merge_rounds(weighted: torch.Tensor, fixed: torch.Tensor, target: int, r: i
         assign = step.gather(1, assign)
         fixed = torch.zeros(b, m, dtype=torch.int8, device=device).scatter_reduce_(
             1, step, fixed.to(torch.int8), reduce="amax").bool()
-        if int((~fixed[0]).sum()) > target:  # group sums for the next round
-            weighted = torch.zeros(b, m, d, dtype=weighted.dtype, device=device).scatter_add_(
-                1, step[..., None].expand(-1, -1, d), weighted)
+        if int((~fixed[0]).sum()) > target:  # group sums for the next round: whole rows into the flattened batch
+            flat = (step + torch.arange(b, device=device)[:, None] * m).reshape(-1)
+            weighted = torch.zeros(b * m, d, dtype=weighted.dtype, device=device).index_add_(
+                0, flat, weighted.reshape(-1, d)).view(b, m, d)
     return assign, m
 
 
@@ -163,7 +164,9 @@ def tome(x: torch.Tensor, k: int, sizes: torch.Tensor, signals: dict[str, Any], 
         features = x
     if features.ndim != 3:
         raise ValueError(f"tome: the similarity features must be (N, d), got shape {tuple(features.shape[1:])}")
-    weighted = features.float() * sizes.float()[..., None]  # scores in float32, as ToMe
+    weighted = features.float()  # scores in float32, as ToMe
+    if not bool((sizes == 1).all()):
+        weighted = weighted * sizes.float()[..., None]
     if split == "sequence" or n_fixed == 0:
         # every token in reading order, protected ones in place: outputs come numbered by first input already
         mask = torch.from_numpy(fixed).to(sizes.device)
