@@ -17,7 +17,12 @@ as printed (2 decimals).
 Reducer latency: every method in ``vistok.reduce_methods()`` on random tokens of ``D=1024`` (N=576 on a 24x24
 grid, as CLIP ViT-L/14 at 336 px gives LLaVA; N=2880 on 48x60), keeping 1/4, with the signals each method
 declares synthesised: ``cls_attention`` a softmax of random logits over CLS + N (the N patch entries),
-``keys`` random ``(N, 1024)``, ``saliency`` uniform in [0, 1], ``query`` random ``(1024,)``. Median of
+``keys`` random ``(N, --key-dim)``, ``saliency`` uniform in [0, 1], ``query`` random ``(1024,)``. Keys are 64
+wide by default: what ``vistok.vlm`` captures from LLaVA-1.5's tower (the keys of CLIP ViT-L/14's selection
+layer averaged over its 16 heads of 64, as VisionZip's and ToMe's code average them).
+``--key-dim 1024`` is the worst case, the full ``k_proj`` output that PruMerge's official code
+(``token_prune_merge_advanced`` in 42Shawn/LLaVA-PruMerge) compares; keys feed prumerge, prumerge+, tome and
+visionzip, the other methods do not use them. Median of
 ``--repeats`` runs after a warm-up of ``vistok.reduce`` (the whole call: signal checks, the torch method, the
 rebuilt Tokens with provenance), of the numpy reducers as they were before the port to torch (read from git
 history by ``legacy_reducers.py``, the named peer: "numpy" is its time, "vs numpy" the ratio), and of
@@ -93,13 +98,15 @@ def tome_runs(size: int, rs: Sequence[int], n_train: int, n_test: int, batch: in
 
 # -- reducer latency --------------------------------------------------------------------------------------
 
-def synthetic(n: int, grid: tuple[int, int], dim: int, seed: int) -> tuple[vistok.Tokens, dict[str, np.ndarray]]:
+def synthetic(n: int, grid: tuple[int, int], dim: int, seed: int, key_dim: int | None = None
+              ) -> tuple[vistok.Tokens, dict[str, np.ndarray]]:
+    """Random tokens ``(n, dim)`` on ``grid`` and every signal; keys ``(n, key_dim)`` (default ``dim``)."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(size=n + 1)
     attention = np.exp(logits - logits.max())
     attention /= attention.sum()
     signals = {"cls_attention": attention[1:].astype(np.float32),
-               "keys": rng.normal(size=(n, dim)).astype(np.float32),
+               "keys": rng.normal(size=(n, key_dim or dim)).astype(np.float32),
                "saliency": rng.uniform(size=n).astype(np.float32),
                "query": rng.normal(size=dim).astype(np.float32)}
     tokens = vistok.Tokens.from_grid(rng.normal(size=(n, dim)).astype(np.float32), grid,
@@ -117,7 +124,8 @@ def median_ms(fn, repeats: int) -> float:
     return float(np.median(times)) * 1e3
 
 
-def latency(dim: int, repeats: int, seed: int) -> tuple[list[str], dict[tuple[str, int], tuple[float, ...]]]:
+def latency(dim: int, repeats: int, seed: int, key_dim: int = 64
+            ) -> tuple[list[str], dict[tuple[str, int], tuple[float, ...]]]:
     """Per (method, N): ms of ``vistok.reduce``, of the numpy-era ``reduce`` and of ``reduce_tensor``."""
     import torch
     from legacy_reducers import load
@@ -128,7 +136,7 @@ def latency(dim: int, repeats: int, seed: int) -> tuple[list[str], dict[tuple[st
     methods = vistok.reduce_methods()
     out: dict[tuple[str, int], tuple[float, ...]] = {}
     for n, grid in ((576, (24, 24)), (2880, (48, 60))):
-        tokens, all_signals = synthetic(n, grid, dim, seed)
+        tokens, all_signals = synthetic(n, grid, dim, seed, key_dim)
         x = torch.from_numpy(tokens.values)[None]
         for name in methods:
             info = method_info(name)
@@ -157,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per latency cell (median kept)")
     parser.add_argument("--dim", type=int, default=1024, help="token size for the latency table")
+    parser.add_argument("--key-dim", type=int, default=64,
+                        help="width of the keys signal (64: LLaVA-1.5's mean over heads; 1024: PruMerge's full keys)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS and torch threads for the latency table")
     parser.add_argument("--quick", action="store_true", help="160/80 at 224, 32/16 at 448, 5 repeats")
     parser.add_argument("--no-tome", action="store_true", help="skip the in-model ToMe table")
@@ -202,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         try:
             with threadpool_limits(limits=args.threads):
-                methods, cells = latency(args.dim, args.repeats, args.seed)
+                methods, cells = latency(args.dim, args.repeats, args.seed, args.key_dim)
         finally:
             torch.set_num_threads(threads)
         out = []
@@ -210,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             (w576, o576, t576), (w2880, o2880, t2880) = cells[(name, 576)], cells[(name, 2880)]
             out.append([name, f"{w576:.1f}", f"{o576:.1f}", f"{o576 / w576:.1f}x", f"{t576:.1f}", f"{w2880:.1f}",
                         f"{o2880:.1f}", f"{o2880 / w2880:.1f}x", "yes" if w576 < 10 else "no"])
-        print(table(f"Reducer latency, ms (median of {args.repeats}; D={args.dim}, keep 1/4; {args.threads} BLAS/torch "
+        print(table(f"Reducer latency, ms (median of {args.repeats}; D={args.dim}, keys {args.key_dim} wide, keep 1/4; "
+                    f"{args.threads} BLAS/torch "
                     f"thread(s); numpy = the reducers before the port to torch; {machine})",
                     ["method", "576 reduce()", "576 numpy", "vs numpy", "576 reduce_tensor", "2880 reduce()",
                      "2880 numpy", "vs numpy", "< 10 ms at 576"], out, args.markdown))

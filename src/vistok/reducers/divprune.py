@@ -60,7 +60,8 @@ def _distances(x: torch.Tensor) -> torch.Tensor:
     norms = torch.linalg.vector_norm(x, dim=-1)
     y = x / torch.where(norms > 0, norms, 1.0)[..., None]
     dist = gram(y)
-    dist = (1.0 - dist).clamp_min_(0.0)  # rounding can push 1 - cos of near-parallel tokens just below 0
+    dist = dist.neg_().add_(1.0).clamp_min_(0.0)  # 1 - cos in place (-c + 1 == 1 - c exactly); rounding can
+    # push 1 - cos of near-parallel tokens just below 0
     zero = norms == 0
     if bool(zero.any()):  # a zero vector: cos 0 with every other token, another zero vector included
         dist = dist.masked_fill(zero[:, None, :] | zero[:, :, None], 1.0)
