@@ -89,17 +89,30 @@ def squared_distances(x: Any) -> Any:
     return d2[0].numpy() if numpy_in else (d2[0] if x.ndim == 2 else d2)
 
 
-def _log_density(d2: torch.Tensor, dim: int, neighbours: int, count_self: bool = True) -> torch.Tensor:
-    """``(B, N)`` ``log rho = -mean(d^2) / dim`` over each row's ``neighbours`` smallest squared distances."""
+def _knn(d2: torch.Tensor, neighbours: int, count_self: bool) -> tuple[Any, int]:
+    """Each row's smallest squared distances (``torch.topk``'s values and indices, ascending; its own 0 among them
+    with ``count_self``) and ``m``, how many the mean runs over; ``None`` when the density is constant."""
     import torch
 
     n = d2.shape[-1]
     m = min(neighbours, n) if count_self else min(neighbours, n - 1)
     if m <= 0 or (count_self and m == 1):
-        return torch.zeros(d2.shape[:-1], dtype=d2.dtype, device=d2.device)
+        return None, m
     others = m - 1 if count_self else m  # nearest tokens besides itself (its 0 adds nothing to the sum)
-    nearest = torch.topk(d2, others + 1, dim=-1, largest=False, sorted=True).values  # its own 0 and the others
-    return -nearest.sum(-1) / (m * dim)  # sorted: equal neighbourhoods give equal densities
+    return torch.topk(d2, others + 1, dim=-1, largest=False, sorted=True), m  # its own 0 and the others
+
+
+def _log_density(d2: torch.Tensor, dim: int, neighbours: int, count_self: bool = True, nearest: Any = None,
+                 m: int = 0) -> torch.Tensor:
+    """``(B, N)`` ``log rho = -mean(d^2) / dim`` over each row's ``neighbours`` smallest squared distances
+    (``nearest``, ``m``: :func:`_knn`'s answer, when the caller has it)."""
+    import torch
+
+    if nearest is None and not m:
+        nearest, m = _knn(d2, neighbours, count_self)
+    if nearest is None:
+        return torch.zeros(d2.shape[:-1], dtype=d2.dtype, device=d2.device)
+    return -nearest.values.sum(-1) / (m * dim)  # sorted: equal neighbourhoods give equal densities
 
 
 def knn_log_density(d2: Any, dim: int, neighbours: int, count_self: bool = True) -> Any:
@@ -110,14 +123,28 @@ def knn_log_density(d2: Any, dim: int, neighbours: int, count_self: bool = True)
     return out[0].numpy() if numpy_in else (out[0] if d2.ndim == 2 else out)
 
 
-def _nearest_denser(d2: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+def _nearest_denser(d2: torch.Tensor, order: torch.Tensor, nearest: Any = None) -> torch.Tensor:
     """``(B, N)`` each token's smallest squared distance to a denser one (``inf`` for the densest, which the caller
-    sets): with rows and columns of ``d2`` in density order (``order``), the row of the token ranked ``r`` holds the
+    sets). A token with a denser one among its nearest (``nearest``, :func:`_knn`'s answer) has it there: every
+    other token is at least as far as those. The rest (local density peaks, a few) search their whole row of
+    ``d2``; without ``nearest`` every row does, in density order: the row of the token ranked ``r`` holds the
     denser tokens in its first ``r`` columns, so one add of a constant ``inf`` upper triangle and a row minimum
-    find it, instead of an ``(N, N)`` rank comparison and ``where``."""
+    find it."""
     import torch
 
     b, n, _ = d2.shape
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=d2.device).expand(b, n))
+    if nearest is not None:
+        values, index = nearest
+        denser = rank.gather(1, index.reshape(b, -1)).view(index.shape) < rank[..., None]
+        found = torch.where(denser, values, torch.inf).amin(dim=-1)
+        rows = torch.isinf(found).nonzero()  # (P, 2): image, token
+        if len(rows):
+            image, token = rows[:, 0], rows[:, 1]
+            whole = d2.reshape(b * n, n).index_select(0, image * n + token)
+            closer = rank.index_select(0, image) < rank[image, token][:, None]
+            found[image, token] = torch.where(closer, whole, torch.inf).amin(dim=-1)
+        return found
     flat = (order + torch.arange(b, device=d2.device)[:, None] * n).reshape(-1)
     rows = d2.reshape(b * n, n).index_select(0, flat).view(b, n, n)
     ranked = rows.index_select(2, order[0]) if b == 1 else rows.gather(2, order[:, None, :].expand(b, n, n))
@@ -147,12 +174,13 @@ def _clusters(x: torch.Tensor, k: int, neighbours: int, count_self: bool, noise:
 
     b, n, dim = x.shape
     d2 = _squared(x, check=True)
-    log_rho = _log_density(d2, dim, neighbours, count_self)
+    nearest, m = _knn(d2, neighbours, count_self)
+    log_rho = _log_density(d2, dim, neighbours, count_self, nearest, m)
     if noise > 0:  # rho + u, in log space: log(exp(log_rho) + u); the same draw for every row
         u = torch.from_numpy((rng if rng is not None else np.random.default_rng(0)).random(n) * noise)
         log_rho = torch.logaddexp(log_rho, torch.log(u.to(log_rho)))
     order = torch.sort(-log_rho, dim=-1, stable=True).indices  # densest first; equal densities: earlier first
-    delta2 = _nearest_denser(d2, order)
+    delta2 = _nearest_denser(d2, order, nearest)
     delta2.scatter_(1, order[:, :1], d2.amax(dim=(-2, -1))[:, None])
     log_score = log_rho + 0.5 * torch.log(delta2 / dim)  # delta 0 (a duplicate of a denser token): -inf
     centres = torch.sort(top_k(log_score, k), dim=-1).values
