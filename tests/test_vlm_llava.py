@@ -411,3 +411,45 @@ def test_llama_vid_grid_pooling_inside_llava(llava):
         out = model(**batch, use_cache=True)
     assert handle.stats == [{"image": 0, "views": 1, "before": 36, "after": 4}]
     assert out.cache.get_seq_length() == batch["input_ids"].shape[1] - 32
+
+
+def test_dinov2_tower_gives_cls_attention(tmp_path):
+    """LLaVA with a DINOv2 tower (as the focus-vit-s14 weights can be): cls-attention ranks by the attention
+    CLS gives each patch at the feature layer, computed here by brute force from that layer's input."""
+    tok = tiny_tokenizer(["<image>"], extra_words=["what", "is", "in", "the"])
+    vision = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                       intermediate_size=64, image_size=56, patch_size=14)
+    config = transformers.LlavaConfig(
+        vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+        text_config=transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok)))
+    torch.manual_seed(1)
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    model.save_pretrained(tmp_path)
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    tower = model.model.vision_tower
+    pixels = torch.randn(1, 3, 56, 56)
+    ids = torch.tensor([[tok.convert_tokens_to_ids("<image>")] * 16 + tok.convert_tokens_to_ids(["what", "is"])])
+    with torch.no_grad():
+        hidden = tower(pixels, output_hidden_states=True).hidden_states
+        layer = tower.encoder.layer[2]
+        x = layer.norm1(hidden[2][0])
+        attn = layer.attention
+        q = attn.q_proj(x).view(-1, 4, 8).transpose(0, 1)
+        k = attn.k_proj(x).view(-1, 4, 8).transpose(0, 1)
+        cls = torch.softmax(q @ k.transpose(1, 2) / 8 ** 0.5, dim=-1)[:, 0, 1:].mean(0)
+        expected = sorted(cls.topk(4).indices.tolist())
+        seen = []
+        projector = model.model.multi_modal_projector
+        hook = projector.register_forward_pre_hook(lambda module, args: seen.append(args[0]) and None)
+        try:
+            with vlm.patch(model, "cls-attention", keep=4) as handle:
+                model(input_ids=ids, pixel_values=pixels)
+        finally:
+            hook.remove()
+    feats = hidden[-1][0, 1:]
+    assert handle.stats == [{"image": 0, "views": 1, "before": 16, "after": 4}]
+    reduced = seen[-1][0]  # the projector's last input: the kept patches, in order
+    assert reduced.shape == (4, 32)
+    assert [int((feats - row).abs().sum(1).argmin()) for row in reduced] == expected
+    torch.testing.assert_close(reduced, feats[expected])

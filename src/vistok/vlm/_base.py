@@ -145,8 +145,8 @@ def family_of(model: Any) -> Family:
 @contextlib.contextmanager
 def capture_attention(attention: torch.nn.Module, store: dict[str, torch.Tensor],
                       signals: set[str]) -> Iterator[None]:
-    """Record attention signals of one HF CLIP/SigLIP-style attention module (``q_proj``, ``k_proj``,
-    ``head_dim``, ``scale``) during the next forward, into ``store`` as ``(B, T, ...)`` float32 tensors:
+    """Record attention signals of one HF CLIP/SigLIP/DINOv2-style attention module (``q_proj``, ``k_proj``,
+    ``head_dim``, ``scale`` or ``scaling``) during the next forward, into ``store`` as ``(B, T, ...)`` float32 tensors:
     ``attention`` (softmax probabilities averaged over heads, ``(B, T, T)``, computed here from q and k with the
     module's attention mask, so the module itself keeps SDPA) when ``cls_attention`` or ``attention_received``
     is asked for, ``keys`` ``(B, T, head_dim)`` (mean
@@ -163,8 +163,9 @@ def capture_attention(attention: torch.nn.Module, store: dict[str, torch.Tensor]
         if signals & {"cls_attention", "attention_received"}:
             queries = module.q_proj(hidden).view(batch, length, -1, head_dim).float()
             total = None
+            scale = float(getattr(module, "scale", None) or getattr(module, "scaling", head_dim ** -0.5))
             for head in range(keys.shape[2]):  # one head at a time: (B, T, T) memory, not (B, H, T, T)
-                scores = queries[:, :, head] @ keys[:, :, head].transpose(1, 2) * float(module.scale)
+                scores = queries[:, :, head] @ keys[:, :, head].transpose(1, 2) * scale
                 if mask is not None:
                     scores = (scores.masked_fill(~mask[:, 0], float("-inf")) if mask.dtype == torch.bool
                               else scores + mask[:, 0].float())

@@ -21,19 +21,22 @@ __all__ = ["Llava", "tower_attention", "projector_input"]
 
 def tower_attention(tower: torch.nn.Module, feature_layer: int | list[int]) -> torch.nn.Module:
     """The attention module of the tower layer whose output is ``hidden_states[feature_layer]`` (the last one of
-    a list) in an HF CLIP/SigLIP vision model."""
+    a list) in an HF CLIP, SigLIP or DINOv2 vision model (any whose layers hold a ``q_proj``/``k_proj`` attention
+    as ``self_attn`` or ``attention``)."""
     inner = getattr(tower, "vision_model", tower)
-    layers = getattr(getattr(inner, "encoder", None), "layers", None)
-    if layers is None or not hasattr(layers[0], "self_attn") or not hasattr(layers[0].self_attn, "q_proj"):
-        raise ValueError(f"attention signals need a CLIP or SigLIP vision tower, and this model has "
+    encoder = getattr(inner, "encoder", None)
+    layers = getattr(encoder, "layers", None) or getattr(encoder, "layer", None)
+    attentions = [getattr(layer, "self_attn", None) or getattr(layer, "attention", None) for layer in layers or []]
+    if not attentions or not all(hasattr(a, "q_proj") and hasattr(a, "k_proj") for a in attentions):
+        raise ValueError(f"attention signals need a CLIP, SigLIP or DINOv2 vision tower, and this model has "
                          f"{type(tower).__name__}; use a method that needs no attention (pool, random, stride, "
                          "divprune, dpc-knn, tome) or fastv")
     layer = feature_layer[-1] if isinstance(feature_layer, (list, tuple)) else feature_layer
-    index = layer % (len(layers) + 1) - 1
+    index = layer % (len(attentions) + 1) - 1
     if index < 0:
         raise ValueError("the model takes features from the patch embeddings, where no attention exists; use a "
                          "method that needs no attention")
-    return layers[index].self_attn
+    return attentions[index]
 
 
 @contextlib.contextmanager
