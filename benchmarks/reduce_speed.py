@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             torch.set_num_threads(threads)
         out = []
         for name in methods:
-            (w576, o576, t576), (w2880, o2880, t2880) = cells[(name, 576)], cells[(name, 2880)]
+            (w576, o576, t576), (w2880, o2880, _) = cells[(name, 576)], cells[(name, 2880)]
             out.append([name, f"{w576:.1f}", f"{o576:.1f}", f"{o576 / w576:.1f}x", f"{t576:.1f}", f"{w2880:.1f}",
                         f"{o2880:.1f}", f"{o2880 / w2880:.1f}x", "yes" if w576 < 10 else "no"])
         print(table(f"Reducer latency, ms (median of {args.repeats}; D={args.dim}, keys {args.key_dim} wide, keep 1/4; "

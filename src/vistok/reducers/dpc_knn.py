@@ -75,8 +75,8 @@ def _squared(x: torch.Tensor, check: bool = False) -> torch.Tensor:
     sq = g.diagonal(dim1=-2, dim2=-1).clone()  # |x_i|^2 from the same product: identical rows give exactly 0
     if check and not bool(torch.isfinite(sq).all()):
         raise ValueError("dpc-knn: the token vectors have NaN or infinite entries (or entries too large to square)")
-    d2 = g.mul_(-2.0)
-    d2 += sq[:, :, None] + sq[:, None, :]  # sq_i + sq_j == sq_j + sq_i, so the sum stays symmetric
+    # sq_i + sq_j == sq_j + sq_i, so the sum stays symmetric; -2 g is exact, so one add with alpha=-2 rounds once
+    d2 = torch.add(sq[:, :, None] + sq[:, None, :], g, alpha=-2.0)
     d2.clamp_min_(0.0)
     d2.diagonal(dim1=-2, dim2=-1).zero_()
     return d2
