@@ -289,18 +289,18 @@ def apply_assignment(tokens: Tokens, result: Reduction, expected: int | None, to
     n = len(tokens)
     if assign.shape != (n,):
         raise AssertionError(f"a method returned an assignment of shape {assign.shape} for {n} tokens")
-    k = int(assign.max()) + 1 if (assign >= 0).any() else 0
-    used = np.unique(assign[assign >= 0])
-    if not np.array_equal(used, np.arange(k)):
+    kept_in = assign >= 0
+    k = int(assign.max()) + 1 if kept_in.any() else 0
+    members = np.bincount(assign[kept_in], minlength=k)
+    if not (members > 0).all():
         raise AssertionError("a method left output ids unused")
     if expected is not None and k != expected:
         raise AssertionError(f"a method returned {k} tokens, {expected} were requested")
     sizes = tokens.sizes if tokens.sizes is not None else np.ones(n, np.int64)
     weights = np.maximum(sizes, 1).astype(np.float64)  # a token with no patch (an included CLS) counts once
-    members = np.bincount(assign[assign >= 0], minlength=k)
     single = bool((members == 1).all())  # a pure selection: gather rows instead of averaging
     first = _first_member(assign, k) if single or tokens.is_hard else None
-    groups = _Groups(assign, k, weights, torch)
+    groups = _LazyGroups(assign, k, weights, torch)
     if result.values is not None:
         values = np.asarray(result.values, dtype=tokens.values.dtype)
     elif tokens.is_hard or single:
@@ -389,6 +389,23 @@ class _Groups:
         return (self._sum(flat) / self.total[:, None]).reshape(self.k, *np.shape(values)[1:])
 
 
+class _LazyGroups:
+    """:class:`_Groups`, built on first use (a float32 mean without extras never needs it)."""
+
+    def __init__(self, *args: Any) -> None:
+        self._args = args
+
+    @functools.cached_property
+    def _groups(self) -> _Groups:
+        return _Groups(*self._args)
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        return self._groups.sum(values)
+
+    def mean(self, values: np.ndarray) -> np.ndarray:
+        return self._groups.mean(values)
+
+
 def _first_member(assign: np.ndarray, k: int) -> np.ndarray:
     """``(k,)`` the smallest input index assigned to each output id."""
     first = np.full(k, len(assign), np.int64)
@@ -397,7 +414,7 @@ def _first_member(assign: np.ndarray, k: int) -> np.ndarray:
     return first
 
 
-def _reduce_extra(key: str, value: np.ndarray, groups: _Groups, n: int) -> np.ndarray:
+def _reduce_extra(key: str, value: np.ndarray, groups: _Groups | _LazyGroups, n: int) -> np.ndarray:
     if key in _IMAGE_LEVEL or value.ndim == 0:
         return value
     if key.endswith("_heads") and value.ndim == 2 and value.shape[1] == n:  # (H, N)
