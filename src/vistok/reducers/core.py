@@ -191,7 +191,7 @@ def _torch() -> Any:
         import torch
     except ImportError as error:  # the core install: only the layout methods run
         raise ImportError("this reduction method runs in torch, which is not installed: pip install 'vistok[torch]' "
-                          f"(pool, stride and random run without it)") from error
+                          "(pool, stride and random run without it)") from error
     return torch
 
 

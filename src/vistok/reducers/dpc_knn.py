@@ -76,7 +76,7 @@ def _squared(x: torch.Tensor, check: bool = False) -> torch.Tensor:
     if check and not bool(torch.isfinite(sq).all()):
         raise ValueError("dpc-knn: the token vectors have NaN or infinite entries (or entries too large to square)")
     # sq_i + sq_j == sq_j + sq_i, so the sum stays symmetric; -2 g is exact, so one add with alpha=-2 rounds once
-    d2 = torch.add(sq[:, :, None] + sq[:, None, :], g, alpha=-2.0)
+    d2 = torch.add(sq[:, :, None] + sq[:, None, :], g, alpha=-2.0, out=g)  # over g: one (N, N) buffer fewer
     d2.clamp_min_(0.0)
     d2.diagonal(dim1=-2, dim2=-1).zero_()
     return d2

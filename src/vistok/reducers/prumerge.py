@@ -201,12 +201,14 @@ def _merge_official(x: torch.Tensor, kept_mask: torch.Tensor, scores: torch.Tens
         unit = unit_rows(signals.get("keys", x))
         similarity = _rows(unit, kept) @ unit.transpose(-1, -2)  # (B, K, N) cosines of the keys
         similarity.scatter_(2, kept[..., None], -torch.inf)  # a token is not its own neighbour
-        chosen = _top_per_row(similarity, neighbours)  # exactly `neighbours` per row
-        picked = chosen.nonzero()[:, 2].view(b, k, neighbours)  # their columns, ascending
-        flat = (picked + torch.arange(b, device=x.device)[:, None, None] * n).view(b * k, neighbours)
-        weights = scores.reshape(-1)[flat]  # sum_j a_j y_j over the picked rows alone, not a (K, N) product
-        values = values + F.embedding_bag(flat, x.reshape(b * n, d), per_sample_weights=weights,
-                                          mode="sum").view(b, k, d)
+        chosen = _top_per_row(similarity, neighbours)  # `neighbours` per row (none where a cosine is NaN)
+        picked = chosen.nonzero()[:, 2]  # their columns, row by row, ascending
+        if picked.shape[0] == b * k * neighbours:  # sum_j a_j y_j over the picked rows alone
+            flat = (picked.view(b, k, neighbours) + torch.arange(b, device=x.device)[:, None, None] * n).view(b * k, -1)
+            values = values + F.embedding_bag(flat, x.reshape(b * n, d), per_sample_weights=scores.reshape(-1)[flat],
+                                              mode="sum").view(b, k, d)
+        else:
+            values = values + (chosen.to(x.dtype) * scores[:, None, :]) @ x
     if pruned.shape[1]:
         extra = (scores * ~kept_mask)[:, None, :] @ x
         values = torch.cat([values, extra], dim=1)
