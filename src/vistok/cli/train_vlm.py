@@ -1,0 +1,82 @@
+"""``vistok train-vlm``: train the small VLM (focus-vit-s14 tower, projector, small Llama) on shapes questions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from vistok.cli._common import err, error, out, progress_bar
+
+
+def train_vlm_command(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for the model, processor, feature cache, "
+                                                                "checkpoint and metrics.json.")],
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 3000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Questions per step.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed: same seed and options give the same model.")] = 0,
+    train_questions: Annotated[int, typer.Option(min=1, help="Training questions (their tower features are "
+                                                             "computed once and cached in OUT/cache).")] = 4000,
+    val_questions: Annotated[int, typer.Option(min=0, help="Validation questions scored at the end.")] = 500,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 1e-3,
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps.")] = 100,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 200,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
+    tower: Annotated[str, typer.Option(help="Vision tower: focus-vit-s14 or a DINOv2 checkpoint folder.")] =
+    "focus-vit-s14",
+    projector: Annotated[str, typer.Option(help="mlp (LLaVA's 2-layer GELU) or linear (PaliGemma's).")] = "mlp",
+    hidden: Annotated[int, typer.Option(min=8, help="Language model width.")] = 256,
+    layers: Annotated[int, typer.Option(min=1, help="Language model layers.")] = 4,
+    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
+    feature_layer: Annotated[int | None, typer.Option(help="Tower hidden_states index fed to the projector "
+                                                           "(default 9 for focus-vit-s14, else -1).")] = None,
+    image_size: Annotated[int, typer.Option(min=14, help="Image side in pixels ((side/14)^2 visual tokens).")] = 224,
+) -> None:
+    """Train the small VLM: frozen focus-vit-s14 tower, projector and a small Llama, on vistok.vlm.shapes questions.
+
+    Example: vistok train-vlm shapes-vlm --steps 3000 --seed 0
+
+    Writes an ordinary transformers folder (LlavaForConditionalGeneration + processor) that `vistok vlm OUT
+    image.png -p "question"` runs, plus OUT/metrics.json (val accuracy per kind). Ctrl-C or a kill loses at
+    most --checkpoint-every steps: rerun with --resume.
+    """
+    try:
+        from vistok.vlm.small import TrainError, train
+    except ImportError as exc:
+        error(f"vistok train-vlm needs torch and transformers ({exc}): pip install 'vistok[vlm]'")
+        raise typer.Exit(2) from None
+
+    options: dict[str, Any] = dict(
+        steps=steps, batch_size=batch_size, seed=seed, train_questions=train_questions, val_questions=val_questions,
+        lr=lr, warmup=warmup, checkpoint_every=checkpoint_every, resume=resume, tower=tower, projector=projector,
+        hidden=hidden, layers=layers, heads=heads, image_size=image_size)
+    if feature_layer is not None:
+        options["feature_layer"] = feature_layer
+    with progress_bar(steps + 1, stats=True, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_features(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total, stats="")
+            bar.update(tasks[what], completed=done)
+
+        def on_step(step: int, loss: float) -> None:
+            if "train" not in tasks:
+                tasks["train"] = bar.add_task("training", total=steps, stats="", completed=step - 1)
+            bar.update(tasks["train"], completed=step, stats=f"loss {loss:.3f}")
+
+        try:
+            metrics = train(out_dir, on_step=on_step, progress=on_features, **options)
+        except (TrainError, FileNotFoundError) as exc:
+            error(str(exc))
+            raise typer.Exit(2) from None
+    val = metrics.get("val")
+    err.print(f"saved to {out_dir}; loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}", highlight=False)
+    if val:
+        table = Table("kind", "questions", "val accuracy")
+        for kind, row in val["per_kind"].items():
+            table.add_row(kind, str(row["questions"]), f"{row['accuracy']:.3f}")
+        table.add_row("all", str(val["questions"]), f"{val['accuracy']:.3f}")
+        out.print(table)

@@ -1,0 +1,435 @@
+"""A small VLM built from real parts and trained here on a CPU: LLaVA (Liu et al., "Visual Instruction Tuning",
+NeurIPS 2023) with the focus-vit-s14 weights as its frozen vision tower, LLaVA's 2-layer GELU projector (or
+PaliGemma's single linear map), and a small Llama language model trained from scratch with a word-level
+tokenizer for the questions of :mod:`vistok.vlm.shapes`.
+
+The result is an ordinary transformers folder: ``LlavaForConditionalGeneration.from_pretrained(folder)`` and
+``AutoProcessor.from_pretrained(folder)`` load it, :func:`vistok.vlm.run.load` and ``vistok vlm`` run it, and
+:func:`vistok.vlm.patch` reduces its visual tokens.
+
+Training is made cheap by running the frozen tower once: the features LLaVA selects (``hidden_states[layer]``
+without CLS) are cached in float16 under ``OUT/cache/``, and only the projector and the language model are
+trained on them, with teacher forcing on ``<image> x N, question -> answer </s>`` and the loss on the answer
+tokens alone. The features enter the projector standardised per channel (mean and std over the training
+images); at the end that affine map is folded into the projector's first linear layer, so the saved model
+takes the tower's raw features exactly as LLaVA does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["build", "train", "evaluate", "prompt_ids", "SPECIALS", "IMAGE_TOKEN"]
+
+IMAGE_TOKEN = "<image>"
+SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", IMAGE_TOKEN]
+PUNCTUATION = ["?", ".", ",", "'", "-"]
+PROJECTORS = {"mlp": "gelu", "linear": "linear"}
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainError(ValueError):
+    """A bad argument or a training folder that cannot be used (one line, names the input)."""
+
+
+# -- building -------------------------------------------------------------------------------------
+
+def make_tokenizer(words: Iterable[str]) -> Any:
+    """A word-level fast tokenizer: the special tokens, ``words`` and punctuation, lower-cased, split on
+    whitespace and punctuation; unknown words become ``<unk>``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {name: i for i, name in enumerate(SPECIALS)}
+    for word in [*PUNCTUATION, *sorted({w.lower() for w in words})]:
+        for piece in pre_tokenizers.Whitespace().pre_tokenize_str(word):
+            vocab.setdefault(piece[0], len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, no space before punctuation
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        bos_token="<s>", eos_token="</s>", model_max_length=4096)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tokenizer
+
+
+def _tower(tower: Any) -> tuple[Any, dict[str, Any], bool]:
+    """``(Dinov2Model, preprocessing, is_focus)`` from ``"focus-vit-s14"``, a checkpoint folder or a model."""
+    import transformers
+
+    from vistok.weights import focus_vit
+
+    focus_pre = {"mean": list(focus_vit.PREPROCESS["mean"]), "std": list(focus_vit.PREPROCESS["std"]),
+                 "rescale": focus_vit.PREPROCESS["rescale"]}
+    if isinstance(tower, str) and tower == focus_vit.NAME:
+        return focus_vit.build_backbone(), focus_pre, True
+    if isinstance(tower, (str, os.PathLike)):
+        path = Path(tower).expanduser()
+        if not (path / "config.json").is_file():
+            raise TrainError(f"{tower}: not a DINOv2 checkpoint folder (no config.json); pass a folder written by "
+                             f"save_pretrained or '{focus_vit.NAME}'")
+        tower = transformers.AutoModel.from_pretrained(path)
+    if getattr(getattr(tower, "config", None), "model_type", None) != "dinov2":
+        raise TrainError(f"the vision tower must be a DINOv2 model (Dinov2Model), got {type(tower).__name__}")
+    return tower, focus_pre, False
+
+
+def build(tower: Any = "focus-vit-s14", *, words: Iterable[str] | None = None, hidden: int = 256, layers: int = 4,
+          heads: int = 4, kv_heads: int | None = None, intermediate: int | None = None, projector: str = "mlp",
+          feature_layer: int | None = None, image_size: int = 224, seed: int = 0) -> tuple[Any, Any]:
+    """A fresh ``(LlavaForConditionalGeneration, LlavaProcessor)``: ``tower`` (``"focus-vit-s14"``, a DINOv2
+    folder or a ``Dinov2Model``) frozen as the vision tower, a ``projector`` (``"mlp"``: LLaVA's 2-layer GELU;
+    ``"linear"``: one linear map as PaliGemma, written as LLaVA's projector with an identity activation) and a
+    Llama LM of ``hidden``/``layers``/``heads`` with random weights (``seed``). ``words`` is the vocabulary
+    (default :func:`vistok.vlm.shapes.vocabulary`). ``feature_layer`` is the tower's ``hidden_states`` index
+    LLaVA takes (default: 9 for focus-vit-s14, its best layer for k-NN; -1 otherwise). Images are resized to
+    ``image_size`` square: ``(image_size // 14) ** 2`` visual tokens (256 at 224 px)."""
+    import transformers
+
+    if projector not in PROJECTORS:
+        raise TrainError(f"projector must be one of {', '.join(PROJECTORS)}, got {projector!r}")
+    if hidden % heads:
+        raise TrainError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
+    vision, pre, focus = _tower(tower)
+    patch = int(vision.config.patch_size)
+    if image_size < patch or image_size % patch:
+        raise TrainError(f"image_size must be a positive multiple of the tower's patch size {patch}, got {image_size}")
+    if words is None:
+        from vistok.vlm.shapes import vocabulary
+
+        words = vocabulary()
+    tokenizer = make_tokenizer(words)
+    layer = feature_layer if feature_layer is not None else (9 if focus else -1)
+    depth = int(vision.config.num_hidden_layers)
+    if not -depth - 1 <= layer <= depth or layer % (depth + 1) == 0:
+        raise TrainError(f"feature_layer must select one of the tower's {depth} blocks (1..{depth} or -1..-{depth}), "
+                         f"got {layer}")
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIALS}
+    text = transformers.LlamaConfig(
+        hidden_size=hidden, intermediate_size=intermediate or 4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads or heads, vocab_size=len(tokenizer),
+        max_position_embeddings=max(512, 2 * (image_size // patch) ** 2), pad_token_id=ids["<pad>"],
+        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], tie_word_embeddings=False)
+    config = transformers.LlavaConfig(
+        vision_config=vision.config.to_dict(), text_config=text, image_token_index=ids[IMAGE_TOKEN],
+        projector_hidden_act=PROJECTORS[projector], vision_feature_select_strategy="default",
+        vision_feature_layer=layer, image_seq_length=(image_size // patch) ** 2)
+    torch.manual_seed(seed)
+    model = transformers.LlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(vision.state_dict())
+    model.model.vision_tower.requires_grad_(False)
+    model.generation_config.eos_token_id = ids["</s>"]
+    model.generation_config.pad_token_id = ids["<pad>"]
+    model.generation_config.bos_token_id = ids["<s>"]
+    image_processor = transformers.BitImageProcessor(
+        do_resize=True, size={"height": image_size, "width": image_size}, resample=3, do_center_crop=False,
+        do_rescale=True, rescale_factor=pre["rescale"], do_normalize=True, image_mean=pre["mean"],
+        image_std=pre["std"], do_convert_rgb=True)
+    processor = transformers.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+                                            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                            image_token=IMAGE_TOKEN)
+    return model.eval(), processor
+
+
+def prompt_ids(processor: Any, question: str, visual: int) -> list[int]:
+    """The token ids ``processor`` writes for ``"<image> question"`` with ``visual`` image tokens (the
+    prompt :func:`vistok.vlm.run.ask` builds), without running the image processor."""
+    tokenizer = processor.tokenizer
+    image = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    return [image] * visual + tokenizer(question, add_special_tokens=False)["input_ids"]
+
+
+# -- features -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def tower_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """What LLaVA's projector receives for ``pixel_values``: ``hidden_states[vision_feature_layer]`` of the
+    tower without CLS, computed with only the blocks needed."""
+    tower = model.model.vision_tower
+    layer = int(model.config.vision_feature_layer)
+    blocks = tower.encoder.layer
+    depth = len(blocks)
+    index = layer % (depth + 1)
+    tower.encoder.layer = blocks[:index]
+    try:
+        hidden = tower(pixel_values, output_hidden_states=True).hidden_states[index]
+    finally:
+        tower.encoder.layer = blocks
+    return hidden[:, 1:]
+
+
+def _cache_questions(model: Any, processor: Any, split: str, n: int, seed: int, folder: Path, batch: int,
+                     progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+    """Questions of ``split`` and their tower features, computed once into ``folder`` (float16 .npy memmap
+    plus a JSON of the texts); reused when the same split, count and seed are there already."""
+    from vistok.vlm.shapes import questions
+
+    size = int(processor.image_processor.size["height"])
+    name = f"{split}-{n}-seed{seed}-size{size}-layer{int(model.config.vision_feature_layer)}"
+    meta_file, feat_file = folder / f"{name}.json", folder / f"{name}.npy"
+    if meta_file.is_file() and feat_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        meta["features"] = np.load(feat_file, mmap_mode="r")
+        return meta
+    folder.mkdir(parents=True, exist_ok=True)
+    items = list(questions(n, seed=seed, split=split, size=size))
+    visual = (size // int(model.config.vision_config.patch_size)) ** 2
+    dim = int(model.config.vision_config.hidden_size)
+    tmp = folder / f".{name}.npy.tmp"
+    features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(items), visual, dim))
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        pixels = processor.image_processor([q.image for q in chunk], return_tensors="pt")["pixel_values"]
+        features[start:start + len(chunk)] = tower_features(model, pixels.to(model.dtype)).float().numpy()
+        if progress:
+            progress(f"{split} features", start + len(chunk), len(items))
+    features.flush()
+    del features
+    os.replace(tmp, feat_file)
+    meta = {"questions": [q.question for q in items], "answers": [q.answer for q in items],
+            "kinds": [q.kind for q in items], "visual": visual}
+    meta_file.write_text(json.dumps(meta))
+    meta["features"] = np.load(feat_file, mmap_mode="r")
+    return meta
+
+
+# -- the training step ----------------------------------------------------------------------------
+
+class _Trainable(torch.nn.Module):
+    """Projector + LM of a LLaVA model, fed standardised cached features (``mean``/``std`` per channel)."""
+
+    def __init__(self, model: Any, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.projector = model.model.multi_modal_projector
+        self.lm = model.model.language_model
+        self.head = model.lm_head
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def logits(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, image_id: int) -> torch.Tensor:
+        embeds = self.lm.get_input_embeddings()(ids)
+        visual = self.projector((features.float() - self.mean) / self.std)
+        image = ids == image_id
+        image &= image.cumsum(1) <= visual.shape[1]  # a generated placeholder stays text, as in generate()
+        image = image.unsqueeze(-1)
+        embeds = embeds.masked_scatter(image, visual.to(embeds.dtype))
+        hidden = self.lm(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return self.head(hidden)
+
+
+def _encode(processor: Any, questions: list[str], answers: list[str], visual: int) -> list[tuple[list[int], int]]:
+    """``(ids, n_prompt)`` per question: the prompt, then the answer and ``</s>``."""
+    tokenizer = processor.tokenizer
+    eos = tokenizer.convert_tokens_to_ids("</s>")
+    out = []
+    for question, answer in zip(questions, answers):
+        prompt = prompt_ids(processor, question, visual)
+        out.append((prompt + tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos], len(prompt)))
+    return out
+
+
+def _batch(encoded: list[tuple[list[int], int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (-100 except on the answer and ``</s>``)."""
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for row, (seq, n_prompt) in enumerate(encoded):
+        ids[row, :len(seq)] = torch.tensor(seq)
+        mask[row, :len(seq)] = 1
+        labels[row, n_prompt:len(seq)] = torch.tensor(seq[n_prompt:])
+    return ids, mask, labels
+
+
+def _loss(net: _Trainable, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+          image_id: int) -> torch.Tensor:
+    logits = net.logits(features, ids, mask, image_id)
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                             ignore_index=-100)
+
+
+def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+@torch.no_grad()
+def _fold_standardisation(model: Any, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """``linear_1((x - mean) / std)`` == ``linear_1'(x)``: the standardisation moved into the weights."""
+    linear = model.model.multi_modal_projector.linear_1
+    weight = linear.weight / std
+    linear.bias -= weight @ mean
+    linear.weight.copy_(weight)
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _answers_from_features(net: _Trainable, processor: Any, data: dict[str, Any], image_id: int,
+                           batch: int = 64, max_new: int = 4) -> list[str]:
+    """Greedy answers from cached features (questions of equal prompt length batched together)."""
+    tokenizer = processor.tokenizer
+    eos = tokenizer.convert_tokens_to_ids("</s>")
+    prompts = [prompt_ids(processor, q, data["visual"]) for q in data["questions"]]
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    answers: list[str] = [""] * len(prompts)
+    for rows in by_length.values():
+        for start in range(0, len(rows), batch):
+            chunk = rows[start:start + batch]
+            ids = torch.tensor([prompts[i] for i in chunk])
+            feats = torch.from_numpy(np.asarray(data["features"][chunk]))
+            done = torch.zeros(len(chunk), dtype=torch.bool)
+            new: list[list[int]] = [[] for _ in chunk]
+            for _ in range(max_new):
+                logits = net.logits(feats, ids, torch.ones_like(ids), image_id)[:, -1]
+                nxt = logits.argmax(-1)
+                for r, token in enumerate(nxt.tolist()):
+                    if not done[r] and token != eos:
+                        new[r].append(token)
+                done |= nxt == eos
+                if bool(done.all()):
+                    break
+                ids = torch.cat([ids, nxt[:, None]], 1)
+            for r, i in enumerate(chunk):
+                answers[i] = tokenizer.decode(new[r], skip_special_tokens=True).strip()
+    return answers
+
+
+def score(answers: list[str], truth: list[str], kinds: list[str]) -> dict[str, Any]:
+    """Exact-match accuracy overall and per kind (case and surrounding spaces ignored)."""
+    right = [a.strip().lower() == t.strip().lower() for a, t in zip(answers, truth)]
+    total, hits = Counter(kinds), Counter(k for k, r in zip(kinds, right) if r)
+    return {"accuracy": sum(right) / max(1, len(right)), "questions": len(right),
+            "per_kind": {k: {"accuracy": hits[k] / total[k], "questions": total[k]} for k in sorted(total)}}
+
+
+def evaluate(model: Any, processor: Any, items: Iterable[Any], *, method: str | None = None, **options: Any
+             ) -> dict[str, Any]:
+    """Exact-match accuracy of ``model`` on ``items`` (:class:`vistok.vlm.shapes.Question`) through the full
+    pipeline (:func:`vistok.vlm.run.ask`: processor, tower, projector, LM), optionally reduced by ``method``
+    (as :func:`vistok.vlm.patch`)."""
+    from vistok.vlm.run import ask
+
+    items = list(items)
+    answers = [ask(model, processor, q.image, q.question, method=method, max_new_tokens=4, **options).text
+               for q in items]
+    result = score(answers, [q.answer for q in items], [q.kind for q in items])
+    result["answers"] = answers
+    return result
+
+
+# -- training -------------------------------------------------------------------------------------
+
+def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 32, seed: int = 0,
+          train_questions: int = 4000, val_questions: int = 500, lr: float = 1e-3, weight_decay: float = 0.01,
+          warmup: int = 100, checkpoint_every: int = 200, resume: bool = False, tower: Any = "focus-vit-s14",
+          feature_batch: int = 32, on_step: Callable[[int, float], None] | None = None,
+          progress: Callable[[str, int, int], None] | None = None, **model_options: Any) -> dict[str, Any]:
+    """Train the projector and language model of :func:`build` (``model_options``: hidden, layers, heads,
+    projector, feature_layer, image_size ...) on ``train_questions`` questions of :mod:`vistok.vlm.shapes`
+    for ``steps`` steps of ``batch_size``, then save the model and processor into ``out_dir`` and evaluate
+    on ``val_questions`` of the val split (``metrics.json``). Features are cached in ``out_dir/cache``; a
+    checkpoint (weights, optimizer, step) is written every ``checkpoint_every`` steps and ``resume=True``
+    continues from it, giving the same result as an uninterrupted run. ``on_step(step, loss)`` is called
+    after each step; ``progress(what, done, total)`` reports feature caching. Returns the metrics."""
+    out = Path(out_dir).expanduser()
+    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("train_questions", train_questions, 1),
+                             ("val_questions", val_questions, 0), ("checkpoint_every", checkpoint_every, 1),
+                             ("warmup", warmup, 0), ("feature_batch", feature_batch, 1)):
+        if not isinstance(value, int) or value < low:
+            raise TrainError(f"{name} must be an integer of at least {low}, got {value!r}")
+    if not lr > 0:
+        raise TrainError(f"lr must be positive, got {lr!r}")
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"{out}: exists and is not a folder; pass a folder for the model")
+    settings = {"steps": steps, "batch_size": batch_size, "seed": seed, "train_questions": train_questions,
+                "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
+                "tower": str(tower) if isinstance(tower, (str, os.PathLike)) else type(tower).__name__,
+                **model_options}
+    ckpt_file = out / CHECKPOINT
+    state = None
+    if resume:
+        if not ckpt_file.is_file():
+            raise TrainError(f"{out}: no {CHECKPOINT} to resume from; run without resume to start")
+        state = torch.load(ckpt_file, weights_only=False)
+        if state["settings"] != settings:
+            changed = sorted(k for k in set(settings) | set(state["settings"])
+                             if settings.get(k) != state["settings"].get(k))
+            raise TrainError(f"{out}: the checkpoint was made with other settings ({', '.join(changed)}); resume "
+                             "with the same options, or train into a new folder")
+    elif ckpt_file.is_file():
+        raise TrainError(f"{out}: holds a checkpoint of an earlier run; pass resume to continue it, or use a new "
+                         "folder")
+    out.mkdir(parents=True, exist_ok=True)
+    model, processor = build(tower, seed=seed, **model_options)
+    image_id = int(model.config.image_token_id)
+    pad = int(processor.tokenizer.pad_token_id)
+    cache = out / "cache"
+    data = _cache_questions(model, processor, "train", train_questions, seed, cache, feature_batch, progress)
+    val = (_cache_questions(model, processor, "val", val_questions, seed + 1, cache, feature_batch, progress)
+           if val_questions else None)
+    encoded = _encode(processor, data["questions"], data["answers"], data["visual"])
+    feats = data["features"]
+    stats = torch.from_numpy(np.asarray(feats[: min(len(feats), 2000)], dtype=np.float32)).flatten(0, 1)
+    mean, std = stats.mean(0), stats.std(0).clamp_min(1e-3)
+    net = _Trainable(model, mean, std)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    losses: list[float] = []
+    start = 0
+    if state is not None:
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        losses, start = state["losses"], state["step"]
+    net.train()
+    for step in range(start, steps):
+        rows = torch.randint(len(encoded), (batch_size,), generator=torch.Generator().manual_seed(
+            seed * 1_000_003 + step)).tolist()
+        ids, mask, labels = _batch([encoded[r] for r in rows], pad)
+        features = torch.from_numpy(np.asarray(feats[rows], dtype=np.float32))
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, steps, lr, warmup)
+        loss = _loss(net, features, ids, mask, labels, image_id)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        done = step + 1
+        if done % checkpoint_every == 0 and done < steps:
+            tmp = out / f".{CHECKPOINT}.tmp"
+            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
+                        "losses": losses, "settings": settings}, tmp)
+            os.replace(tmp, ckpt_file)
+        if on_step:
+            on_step(done, losses[-1])
+    net.eval()
+    metrics: dict[str, Any] = {"settings": settings, "loss_first": losses[0] if losses else None,
+                               "loss_last": float(np.mean(losses[-20:])) if losses else None,
+                               "losses": losses}
+    if val is not None:
+        answers = _answers_from_features(net, processor, val, image_id)
+        metrics["val"] = score(answers, val["answers"], val["kinds"])
+        metrics["val"]["answers"] = answers
+    _fold_standardisation(model, mean, std)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if ckpt_file.is_file():
+        ckpt_file.unlink()
+    return metrics

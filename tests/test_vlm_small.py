@@ -1,0 +1,176 @@
+"""The small trainable VLM (vistok.vlm.small): built from a tiny random DINOv2 tower and a tiny Llama, trained
+a few steps on cached tower features, saved as an ordinary transformers folder and loaded back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from vistok import vlm  # noqa: E402
+from vistok.vlm import small  # noqa: E402
+from vistok.vlm.shapes import questions  # noqa: E402
+
+SIZE = 56  # 4 x 4 patches of 14 pixels: 16 visual tokens
+
+TINY_LM = dict(hidden=32, layers=2, heads=2, image_size=SIZE)
+
+
+def tiny_tower(seed: int = 0):
+    torch.manual_seed(seed)
+    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                       intermediate_size=64, image_size=SIZE, patch_size=14)
+    return transformers.Dinov2Model(config).eval()
+
+
+def run(folder: Path, **options):
+    settings = dict(steps=20, batch_size=8, seed=0, train_questions=32, val_questions=16, lr=1e-2, warmup=3,
+                    checkpoint_every=10, tower=tiny_tower(), **TINY_LM)
+    settings.update(options)
+    return small.train(folder, **settings)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small-vlm")
+    metrics = run(folder)
+    return folder, metrics
+
+
+def test_training_lowers_the_loss_and_writes_metrics(trained):
+    folder, metrics = trained
+    losses = metrics["losses"]
+    assert len(losses) == 20
+    assert np.mean(losses[-5:]) < 0.7 * losses[0]
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert saved["val"]["questions"] == 16
+    assert sum(k["questions"] for k in saved["val"]["per_kind"].values()) == 16
+    assert 0.0 <= saved["val"]["accuracy"] <= 1.0
+    assert not (folder / small.CHECKPOINT).exists()           # the finished run leaves no checkpoint
+    assert len(list((folder / "cache").glob("*.npy"))) == 2    # train and val features, float16
+    assert np.load(next((folder / "cache").glob("train-*.npy")), mmap_mode="r").dtype == np.float16
+
+
+def test_saved_folder_loads_and_answers_like_training_evaluation(trained):
+    folder, metrics = trained
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    items = list(questions(16, seed=1, split="val", size=SIZE))
+    inputs = processor(images=items[0].image, text=f"<image> {items[0].question}", return_tensors="pt")
+    assert inputs["input_ids"][0].tolist() == small.prompt_ids(processor, items[0].question, 16)
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+    result = small.evaluate(model, processor, items)
+    # the full pipeline (float32 tower) agrees with the evaluation on cached float16 features
+    agree = np.mean([a == b for a, b in zip(result["answers"], metrics["val"]["answers"])])
+    assert agree >= 0.9
+    model2, processor2 = vlm.run.load(folder)
+    assert vlm.run.ask(model2, processor2, items[0].image, items[0].question, max_new_tokens=4).text == \
+        result["answers"][0]
+
+
+def test_cached_path_equals_the_model_forward_and_folding_is_exact():
+    model, processor = small.build(tiny_tower(), words=["what", "colour", "red"], seed=3, **TINY_LM)
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, SIZE, SIZE)
+    ids = torch.tensor([small.prompt_ids(processor, "what colour", 16)] * 2)
+    with torch.no_grad():
+        full = model(input_ids=ids, pixel_values=pixels).logits
+        feats = small.tower_features(model, pixels)
+        plain = small._Trainable(model, torch.zeros(32), torch.ones(32))
+        torch.testing.assert_close(plain.logits(feats, ids, torch.ones_like(ids), model.config.image_token_id), full)
+        mean, std = torch.randn(32), torch.rand(32) + 0.5
+        scaled = small._Trainable(model, mean, std).logits(feats, ids, torch.ones_like(ids),
+                                                           model.config.image_token_id)
+        small._fold_standardisation(model, mean, std)
+        torch.testing.assert_close(model(input_ids=ids, pixel_values=pixels).logits, scaled, atol=1e-4, rtol=1e-4)
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
+    options = dict(steps=6, checkpoint_every=3, val_questions=0, train_questions=16, batch_size=4)
+    whole = run(tmp_path / "whole", **options)
+
+    def kill(step, loss):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", on_step=kill, **options)
+    assert (tmp_path / "cut" / small.CHECKPOINT).is_file()
+    with pytest.raises(small.TrainError, match="resume"):
+        run(tmp_path / "cut", **options)
+    with pytest.raises(small.TrainError, match="other settings.*steps"):
+        run(tmp_path / "cut", resume=True, **{**options, "steps": 7})
+    resumed = run(tmp_path / "cut", resume=True, **options)
+    assert resumed["losses"] == whole["losses"]
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_patch_reduces_the_trained_model(trained):
+    folder, _ = trained
+    model, processor = vlm.run.load(folder)
+    item = next(questions(1, seed=5, split="val", size=SIZE))
+    inputs = processor(images=item.image, text=f"<image> {item.question}", return_tensors="pt")
+    with torch.no_grad(), vlm.patch(model, "pool", keep=4) as handle:
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert handle.stats == [{"image": 0, "views": 1, "before": 16, "after": 4}]
+    assert out.shape[1] >= inputs["input_ids"].shape[1] + 1
+    answer = vlm.run.ask(model, processor, item.image, item.question, method="cls-attention", keep=4)
+    assert answer.stats == [{"image": 0, "views": 1, "before": 16, "after": 4}]
+
+
+def test_linear_projector_option():
+    model, _ = small.build(tiny_tower(), words=["a"], projector="linear", **TINY_LM)
+    assert model.config.projector_hidden_act == "linear"
+    x = torch.randn(3, 32)
+    projector = model.model.multi_modal_projector
+    with torch.no_grad():  # one affine map: f(a x + b y) = a f(x) + b f(y) for a + b = 1
+        torch.testing.assert_close(projector(0.3 * x + 0.7 * x.flip(0)),
+                                   0.3 * projector(x) + 0.7 * projector(x.flip(0)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"steps": 0}, "steps must be an integer of at least 1"),
+    ({"projector": "conv"}, "projector must be one of mlp, linear"),
+    ({"image_size": 50}, "multiple of the tower's patch size 14"),
+    ({"feature_layer": 0}, "feature_layer must select"),
+    ({"resume": True}, "no checkpoint.pt to resume from"),
+    ({"tower": "/nonexistent/tower"}, "not a DINOv2 checkpoint folder"),
+])
+def test_bad_arguments(tmp_path, options, message):
+    with pytest.raises(small.TrainError, match=message):
+        run(tmp_path / "out", **options)
+
+
+def test_cli_help_bad_argument_and_a_tiny_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from vistok.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train-vlm", "--help"])
+    assert result.exit_code == 0 and "--resume" in result.output and "--steps" in result.output
+    tower = tmp_path / "tower"
+    tiny_tower().save_pretrained(tower)
+    result = runner.invoke(app, ["train-vlm", str(tmp_path / "a"), "--tower", str(tower), "--projector", "conv"])
+    assert result.exit_code == 2
+    assert "projector must be one of mlp, linear" in result.output
+    assert "Traceback" not in result.output
+    args = ["train-vlm", str(tmp_path / "b"), "--tower", str(tower), "--steps", "3", "--batch-size", "4",
+            "--train-questions", "8", "--val-questions", "4", "--hidden", "32", "--layers", "1", "--heads", "2",
+            "--image-size", str(SIZE)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "val accuracy" in result.output
+    assert (tmp_path / "b" / "model.safetensors").is_file()
+    assert (tmp_path / "b" / "metrics.json").is_file()
