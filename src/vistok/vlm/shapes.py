@@ -32,10 +32,11 @@ named in a question, in the ``"train"`` split; ``"val"`` and ``"test"`` use ever
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -72,8 +73,8 @@ _TEXT_SIZE = 0.42  # font size as a fraction of the cell side
 class Item:
     """One thing drawn in a scene: a shape, or the rendered text (``shape == "text"``).
 
-    ``row``/``col`` index the 3 x 3 grid cell (``POSITIONS[3 * row + col]`` names it); ``centre`` and ``box``
-    (left, top, right, bottom) are in pixels. Text items have ``colour == "white"``, ``size == ""`` and the
+    ``row``/``col`` index the 3 x 3 grid cell (``POSITIONS[3 * row + col]`` names it); ``centre``, ``radius``
+    (of the circle the shape is drawn in) and ``box`` (left, top, right, bottom, inclusive) are in pixels. Text items have ``colour == "white"``, ``size == ""`` and the
     rendered string in ``text``; ``box`` is then the text's ink box.
     """
 
@@ -84,6 +85,7 @@ class Item:
     col: int
     centre: tuple[float, float]
     box: tuple[int, int, int, int]
+    radius: float = 0.0
     text: str = ""
 
     @property
@@ -122,18 +124,18 @@ def questions(n: int, *, seed: int = 0, split: str = "train", size: int = 224,
     Deterministic in ``(seed, split, index)``; kinds cycle in the order of ``kinds``. Raises ``ValueError``
     on a negative ``n``, an unknown split or kind, or a size under 48 pixels.
     """
-    _check_int("n", n, minimum=0)
-    _check_int("seed", seed)
+    n = _check_int("n", n, minimum=0)
+    seed = _check_int("seed", seed)
     _check_split(split)
-    _check_int("size", size, minimum=MIN_SIZE)
+    size = _check_int("size", size, minimum=MIN_SIZE)
     kinds = _check_kinds(kinds)
     return _generate(n, seed, split, size, kinds)
 
 
 def scene(seed: int, size: int = 224, *, split: str = "train") -> tuple[Image.Image, tuple[Item, ...]]:
     """A random scene (2 to 6 shapes, text half the time) and its items, deterministic in ``seed``/``split``."""
-    _check_int("seed", seed)
-    _check_int("size", size, minimum=MIN_SIZE)
+    seed = _check_int("seed", seed)
+    size = _check_int("size", size, minimum=MIN_SIZE)
     _check_split(split)
     rng = random.Random(f"vistok.vlm.shapes/scene/{split}/{seed}")
     pairs = _pairs(split)
@@ -161,7 +163,7 @@ Spec = tuple[str, str, str]  # (colour, shape, size)
 Made = tuple[list[Spec], tuple[str, str] | None, dict[int, int], str, str]
 
 
-def _colour_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made:
+def _colour_question(rng: random.Random, pairs: Sequence[tuple[str, str]]) -> Made:
     colour = rng.choice(list(COLOURS))
     shape = rng.choice([s for c, s in pairs if c == colour])
     size = rng.choice(SIZES)
@@ -177,7 +179,7 @@ def _colour_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made:
     return shapes, None, {}, f"what colour is the {named}{shape} ?", colour
 
 
-def _shape_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made:
+def _shape_question(rng: random.Random, pairs: Sequence[tuple[str, str]]) -> Made:
     shape = rng.choice(SHAPES)
     cell = rng.randrange(GRID * GRID)
     target = (rng.choice([c for c, s in pairs if s == shape]), shape, rng.choice(SIZES))
@@ -185,7 +187,7 @@ def _shape_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made:
     return shapes, None, {0: cell}, f"what shape is at the {POSITIONS[cell]} ?", shape
 
 
-def _count_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made:
+def _count_question(rng: random.Random, pairs: Sequence[tuple[str, str]]) -> Made:
     count = rng.randint(0, 6)
     shape = rng.choice(SHAPES)
     colours = [c for c, s in pairs if s == shape]
@@ -195,7 +197,7 @@ def _count_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made:
     return shapes, None, {}, f"how many {PLURALS[shape]} are there ?", str(count)
 
 
-def _relation_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made:
+def _relation_question(rng: random.Random, pairs: Sequence[tuple[str, str]]) -> Made:
     first, second = rng.sample(pairs, 2)
     relation = rng.choice(RELATIONS)
     answer = rng.choice(("yes", "no"))
@@ -215,7 +217,7 @@ def _relation_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made
     return shapes, None, {0: a, 1: b}, question, answer
 
 
-def _exists_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made:
+def _exists_question(rng: random.Random, pairs: Sequence[tuple[str, str]]) -> Made:
     colour, shape = rng.choice(pairs)
     answer = rng.choice(("yes", "no"))
     shapes: list[Spec] = []
@@ -230,7 +232,7 @@ def _exists_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made:
     return shapes, None, {}, f"is there a {colour} {shape} ?", answer
 
 
-def _text_question(rng: random.Random, pairs: list[tuple[str, str]]) -> Made:
+def _text_question(rng: random.Random, pairs: Sequence[tuple[str, str]]) -> Made:
     text = _random_text(rng)
     shapes = _others(rng, pairs, rng.randint(2, 6))
     return shapes, text, {}, f"what {text[0]} is written ?", text[1]
@@ -240,7 +242,7 @@ _MAKERS = {"colour": _colour_question, "shape": _shape_question, "count": _count
            "relation": _relation_question, "exists": _exists_question, "text": _text_question}
 
 
-def _others(rng: random.Random, pairs: list[tuple[str, str]], count: int, allowed=None) -> list[Spec]:
+def _others(rng: random.Random, pairs: Sequence[tuple[str, str]], count: int, allowed=None) -> list[Spec]:
     """``count`` random shapes whose (colour, shape) satisfies ``allowed``."""
     choices = [p for p in pairs if allowed is None or allowed(*p)]
     return [(*rng.choice(choices), rng.choice(SIZES)) for _ in range(count)]
@@ -253,10 +255,11 @@ def _random_text(rng: random.Random) -> tuple[str, str]:
     return "number", str(rng.randrange(100))
 
 
-@lru_cache(maxsize=None)
-def _pairs(split: str) -> list[tuple[str, str]]:
+@cache
+def _pairs(split: str) -> tuple[tuple[str, str], ...]:
+    """The colour-shape pairs a split draws from, in a fixed order (every pair but HELD_OUT in "train")."""
     every = [(c, s) for c in COLOURS for s in SHAPES]
-    return [p for p in every if p not in HELD_OUT] if split == "train" else every
+    return tuple(p for p in every if split != "train" or p not in HELD_OUT)
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -280,7 +283,7 @@ def _layout(rng: random.Random, size: int, shapes: list[Spec], text: tuple[str, 
         cx = (col + 0.5) * side + rng.uniform(-slack, slack)
         cy = (row + 0.5) * side + rng.uniform(-slack, slack)
         box = (math.floor(cx - radius), math.floor(cy - radius), math.ceil(cx + radius), math.ceil(cy + radius))
-        items.append(Item(shape, colour, scale, row, col, (cx, cy), box))
+        items.append(Item(shape, colour, scale, row, col, (cx, cy), box, radius))
     if text is not None:
         row, col = divmod(free.pop(), GRID)
         font = _font(size)
@@ -289,9 +292,9 @@ def _layout(rng: random.Random, size: int, shapes: list[Spec], text: tuple[str, 
         slack_y = max(0.0, (side - (bottom - top)) / 2 - 2)
         x0 = round(col * side + side / 2 - (right - left) / 2 + rng.uniform(-slack_x, slack_x)) - left
         y0 = round(row * side + side / 2 - (bottom - top) / 2 + rng.uniform(-slack_y, slack_y)) - top
-        box = (x0 + left, y0 + top, x0 + right, y0 + bottom)
+        box = (x0 + left, y0 + top, x0 + right - 1, y0 + bottom - 1)
         items.append(Item("text", "white", "", row, col, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), box,
-                          text[1]))
+                          text=text[1]))
     return tuple(items)
 
 
@@ -315,7 +318,7 @@ def _draw(size: int, items: tuple[Item, ...]) -> Image.Image:
 
 def _draw_shape(draw: ImageDraw.ImageDraw, item: Item) -> None:
     cx, cy = item.centre
-    r = (item.box[2] - item.box[0]) / 2
+    r = item.radius
     fill = COLOURS[item.colour]
     if item.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
@@ -341,11 +344,12 @@ def _angles(count: int, start: float) -> list[float]:
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def _check_int(name: str, value: object, minimum: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
+def _check_int(name: str, value: object, minimum: int | None = None) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
 
 
 def _check_split(split: object) -> None:
