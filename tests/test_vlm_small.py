@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from vistok import vlm  # noqa: E402
 from vistok.vlm import small  # noqa: E402
+from vistok.vlm.run import ask, load  # noqa: E402
 from vistok.vlm.shapes import questions  # noqa: E402
 
 SIZE = 56  # 4 x 4 patches of 14 pixels: 16 visual tokens
@@ -69,8 +70,8 @@ def test_saved_folder_loads_and_answers_like_training_evaluation(trained):
     # the full pipeline (float32 tower) agrees with the evaluation on cached float16 features
     agree = np.mean([a == b for a, b in zip(result["answers"], metrics["val"]["answers"])])
     assert agree >= 0.9
-    model2, processor2 = vlm.run.load(folder)
-    assert vlm.run.ask(model2, processor2, items[0].image, items[0].question, max_new_tokens=4).text == \
+    model2, processor2 = load(folder)
+    assert ask(model2, processor2, items[0].image, items[0].question, max_new_tokens=4).text == \
         result["answers"][0]
 
 
@@ -118,15 +119,33 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
 
 def test_patch_reduces_the_trained_model(trained):
     folder, _ = trained
-    model, processor = vlm.run.load(folder)
+    model, processor = load(folder)
     item = next(questions(1, seed=5, split="val", size=SIZE))
     inputs = processor(images=item.image, text=f"<image> {item.question}", return_tensors="pt")
     with torch.no_grad(), vlm.patch(model, "pool", keep=4) as handle:
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert handle.stats == [{"image": 0, "views": 1, "before": 16, "after": 4}]
     assert out.shape[1] >= inputs["input_ids"].shape[1] + 1
-    answer = vlm.run.ask(model, processor, item.image, item.question, method="cls-attention", keep=4)
+    answer = ask(model, processor, item.image, item.question, method="cls-attention", keep=4)
     assert answer.stats == [{"image": 0, "views": 1, "before": 16, "after": 4}]
+
+
+def test_vistok_vlm_command_runs_the_trained_folder(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from vistok.cli import app
+
+    folder, _ = trained
+    item = next(questions(1, seed=5, split="val", size=SIZE))
+    item.image.save(tmp_path / "scene.png")
+    model, processor = load(folder)
+    expected = ask(model, processor, item.image, item.question, method="pool", keep=4, max_new_tokens=4)
+    result = CliRunner().invoke(app, ["vlm", str(folder), str(tmp_path / "scene.png"), "-p", item.question,
+                                      "-r", "pool:4", "-n", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)["runs"][0]
+    assert answer["text"] == expected.text
+    assert answer["stats"] == [{"image": 0, "views": 1, "before": 16, "after": 4}]
 
 
 def test_linear_projector_option():

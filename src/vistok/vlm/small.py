@@ -345,7 +345,8 @@ def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 32
     for ``steps`` steps of ``batch_size``, then save the model and processor into ``out_dir`` and evaluate
     on ``val_questions`` of the val split (``metrics.json``). Features are cached in ``out_dir/cache``; a
     checkpoint (weights, optimizer, step) is written every ``checkpoint_every`` steps and ``resume=True``
-    continues from it, giving the same result as an uninterrupted run. ``on_step(step, loss)`` is called
+    continues from it, giving the same result as an uninterrupted run (each step's batch is drawn by a
+    generator seeded with ``seed`` and the step number, and nothing else is random). ``on_step(step, loss)`` is called
     after each step; ``progress(what, done, total)`` reports feature caching. Returns the metrics."""
     out = Path(out_dir).expanduser()
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("train_questions", train_questions, 1),
