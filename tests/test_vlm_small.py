@@ -148,6 +148,20 @@ def test_vistok_vlm_command_runs_the_trained_folder(trained, tmp_path):
     assert answer["stats"] == [{"image": 0, "views": 1, "before": 16, "after": 4}]
 
 
+def test_blind_model_ignores_the_image(tmp_path):
+    metrics = run(tmp_path, blind=True, steps=10, val_questions=8)
+    assert not list((tmp_path / "cache").glob("*.npy"))        # no tower features needed
+    assert np.mean(metrics["losses"][-3:]) < metrics["losses"][0]
+    model, processor = load(tmp_path)
+    a, b = list(questions(2, seed=7, split="val", size=SIZE))
+    with torch.no_grad():
+        logits = [model(**processor(images=img, text=f"<image> {a.question}", return_tensors="pt")).logits
+                  for img in (a.image, b.image)]
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
+    assert [ask(model, processor, q.image, q.question, max_new_tokens=4).text for q in questions(
+        8, seed=1, split="val", size=SIZE)] == metrics["val"]["answers"]
+
+
 def test_linear_projector_option():
     model, _ = small.build(tiny_tower(), words=["a"], projector="linear", **TINY_LM)
     assert model.config.projector_hidden_act == "linear"

@@ -24,6 +24,8 @@ def train_vlm_command(
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps.")] = 100,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 200,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
+    blind: Annotated[bool, typer.Option("--blind", help="Train without the image (a constant in its place): the "
+                                                        "baseline that shows what the answers owe to the image.")] = False,
     tower: Annotated[str, typer.Option(help="Vision tower: focus-vit-s14 or a DINOv2 checkpoint folder.")] =
     "focus-vit-s14",
     projector: Annotated[str, typer.Option(help="mlp (LLaVA's 2-layer GELU) or linear (PaliGemma's).")] = "mlp",
@@ -50,7 +52,8 @@ def train_vlm_command(
 
     options: dict[str, Any] = dict(
         steps=steps, batch_size=batch_size, seed=seed, train_questions=train_questions, val_questions=val_questions,
-        lr=lr, warmup=warmup, checkpoint_every=checkpoint_every, resume=resume, tower=tower, projector=projector,
+        lr=lr, warmup=warmup, checkpoint_every=checkpoint_every, resume=resume, blind=blind, tower=tower,
+        projector=projector,
         hidden=hidden, layers=layers, heads=heads, image_size=image_size)
     if feature_layer is not None:
         options["feature_layer"] = feature_layer

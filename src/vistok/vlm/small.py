@@ -169,12 +169,18 @@ def tower_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def _cache_questions(model: Any, processor: Any, split: str, n: int, seed: int, folder: Path, batch: int,
-                     progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+                     progress: Callable[[str, int, int], None] | None, features: bool = True) -> dict[str, Any]:
     """Questions of ``split`` and their tower features, computed once into ``folder`` (float16 .npy memmap
-    plus a JSON of the texts); reused when the same split, count and seed are there already."""
+    plus a JSON of the texts); reused when the same split, count and seed are there already. Without
+    ``features``, the questions alone (``"features"`` is None)."""
     from vistok.vlm.shapes import questions
 
     size = int(processor.image_processor.size["height"])
+    visual = (size // int(model.config.vision_config.patch_size)) ** 2
+    if not features:
+        items = list(questions(n, seed=seed, split=split, size=size))
+        return {"questions": [q.question for q in items], "answers": [q.answer for q in items],
+                "kinds": [q.kind for q in items], "visual": visual, "features": None}
     name = f"{split}-{n}-seed{seed}-size{size}-layer{int(model.config.vision_feature_layer)}"
     meta_file, feat_file = folder / f"{name}.json", folder / f"{name}.npy"
     if meta_file.is_file() and feat_file.is_file():
@@ -183,18 +189,17 @@ def _cache_questions(model: Any, processor: Any, split: str, n: int, seed: int, 
         return meta
     folder.mkdir(parents=True, exist_ok=True)
     items = list(questions(n, seed=seed, split=split, size=size))
-    visual = (size // int(model.config.vision_config.patch_size)) ** 2
     dim = int(model.config.vision_config.hidden_size)
     tmp = folder / f".{name}.npy.tmp"
-    features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(items), visual, dim))
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(items), visual, dim))
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
         pixels = processor.image_processor([q.image for q in chunk], return_tensors="pt")["pixel_values"]
-        features[start:start + len(chunk)] = tower_features(model, pixels.to(model.dtype)).float().numpy()
+        array[start:start + len(chunk)] = tower_features(model, pixels.to(model.dtype)).float().numpy()
         if progress:
             progress(f"{split} features", start + len(chunk), len(items))
-    features.flush()
-    del features
+    array.flush()
+    del array
     os.replace(tmp, feat_file)
     meta = {"questions": [q.question for q in items], "answers": [q.answer for q in items],
             "kinds": [q.kind for q in items], "visual": visual}
@@ -292,7 +297,8 @@ def _answers_from_features(net: _Trainable, processor: Any, data: dict[str, Any]
         for start in range(0, len(rows), batch):
             chunk = rows[start:start + batch]
             ids = torch.tensor([prompts[i] for i in chunk])
-            feats = torch.from_numpy(np.asarray(data["features"][chunk]))
+            feats = (torch.from_numpy(np.asarray(data["features"][chunk])) if data["features"] is not None
+                     else net.mean.expand(len(chunk), data["visual"], -1))
             done = torch.zeros(len(chunk), dtype=torch.bool)
             new: list[list[int]] = [[] for _ in chunk]
             for _ in range(max_new):
@@ -338,12 +344,14 @@ def evaluate(model: Any, processor: Any, items: Iterable[Any], *, method: str | 
 def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 32, seed: int = 0,
           train_questions: int = 4000, val_questions: int = 500, lr: float = 1e-3, weight_decay: float = 0.01,
           warmup: int = 100, checkpoint_every: int = 200, resume: bool = False, tower: Any = "focus-vit-s14",
-          feature_batch: int = 32, on_step: Callable[[int, float], None] | None = None,
+          feature_batch: int = 32, blind: bool = False, on_step: Callable[[int, float], None] | None = None,
           progress: Callable[[str, int, int], None] | None = None, **model_options: Any) -> dict[str, Any]:
     """Train the projector and language model of :func:`build` (``model_options``: hidden, layers, heads,
     projector, feature_layer, image_size ...) on ``train_questions`` questions of :mod:`vistok.vlm.shapes`
     for ``steps`` steps of ``batch_size``, then save the model and processor into ``out_dir`` and evaluate
-    on ``val_questions`` of the val split (``metrics.json``). Features are cached in ``out_dir/cache``; a
+    on ``val_questions`` of the val split (``metrics.json``). ``blind=True`` trains the same model without the
+    image (every image enters as the same constant tokens; the saved projector ignores its input): the
+    baseline that shows how much the answers owe to the image. Features are cached in ``out_dir/cache``; a
     checkpoint (weights, optimizer, step) is written every ``checkpoint_every`` steps and ``resume=True``
     continues from it, giving the same result as an uninterrupted run (each step's batch is drawn by a
     generator seeded with ``seed`` and the step number, and nothing else is random). ``on_step(step, loss)`` is called
@@ -359,7 +367,7 @@ def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 32
     if out.exists() and not out.is_dir():
         raise TrainError(f"{out}: exists and is not a folder; pass a folder for the model")
     settings = {"steps": steps, "batch_size": batch_size, "seed": seed, "train_questions": train_questions,
-                "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
+                "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "blind": blind,
                 "tower": str(tower) if isinstance(tower, (str, os.PathLike)) else type(tower).__name__,
                 **model_options}
     ckpt_file = out / CHECKPOINT
@@ -381,13 +389,18 @@ def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 32
     image_id = int(model.config.image_token_id)
     pad = int(processor.tokenizer.pad_token_id)
     cache = out / "cache"
-    data = _cache_questions(model, processor, "train", train_questions, seed, cache, feature_batch, progress)
-    val = (_cache_questions(model, processor, "val", val_questions, seed + 1, cache, feature_batch, progress)
-           if val_questions else None)
+    data = _cache_questions(model, processor, "train", train_questions, seed, cache, feature_batch, progress,
+                            not blind)
+    val = (_cache_questions(model, processor, "val", val_questions, seed + 1, cache, feature_batch, progress,
+                            not blind) if val_questions else None)
     encoded = _encode(processor, data["questions"], data["answers"], data["visual"])
     feats = data["features"]
-    stats = torch.from_numpy(np.asarray(feats[: min(len(feats), 2000)], dtype=np.float32)).flatten(0, 1)
-    mean, std = stats.mean(0), stats.std(0).clamp_min(1e-3)
+    dim = int(model.config.vision_config.hidden_size)
+    if blind:
+        mean, std = torch.zeros(dim), torch.ones(dim)
+    else:
+        stats = torch.from_numpy(np.asarray(feats[: min(len(feats), 2000)], dtype=np.float32)).flatten(0, 1)
+        mean, std = stats.mean(0), stats.std(0).clamp_min(1e-3)
     net = _Trainable(model, mean, std)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
@@ -402,7 +415,8 @@ def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 32
         rows = torch.randint(len(encoded), (batch_size,), generator=torch.Generator().manual_seed(
             seed * 1_000_003 + step)).tolist()
         ids, mask, labels = _batch([encoded[r] for r in rows], pad)
-        features = torch.from_numpy(np.asarray(feats[rows], dtype=np.float32))
+        features = (torch.zeros(batch_size, data["visual"], dim) if blind
+                    else torch.from_numpy(np.asarray(feats[rows], dtype=np.float32)))
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup)
         loss = _loss(net, features, ids, mask, labels, image_id)
@@ -427,7 +441,11 @@ def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 32
         answers = _answers_from_features(net, processor, val, image_id)
         metrics["val"] = score(answers, val["answers"], val["kinds"])
         metrics["val"]["answers"] = answers
-    _fold_standardisation(model, mean, std)
+    if blind:  # the projector's output no longer depends on the image: what it gave every image in training
+        with torch.no_grad():
+            model.model.multi_modal_projector.linear_1.weight.zero_()
+    else:
+        _fold_standardisation(model, mean, std)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
