@@ -207,3 +207,18 @@ def test_cli_help_bad_argument_and_a_tiny_run(tmp_path):
     assert "val accuracy" in result.output
     assert (tmp_path / "b" / "model.safetensors").is_file()
     assert (tmp_path / "b" / "metrics.json").is_file()
+
+
+def test_train_vlm_without_torch_says_what_to_install(tmp_path):
+    """As after `pip install vistok` (no torch): one line naming the extra, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    block = ("import sys; sys.modules['torch'] = None; from vistok.cli import main; "
+             "sys.argv = ['vistok', *sys.argv[1:]]; main()")
+    proc = subprocess.run([sys.executable, "-c", block, "train-vlm", "out", "--steps", "1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "pip install 'vistok[vlm]'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
