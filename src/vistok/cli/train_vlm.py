@@ -14,13 +14,13 @@ from vistok.cli._common import err, error, out, progress_bar
 def train_vlm_command(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for the model, processor, feature cache, "
                                                                 "checkpoint and metrics.json.")],
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 3000,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions per step.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed: same seed and options give the same model.")] = 0,
     train_questions: Annotated[int, typer.Option(min=1, help="Training questions (their tower features are "
-                                                             "computed once and cached in OUT/cache).")] = 4000,
-    val_questions: Annotated[int, typer.Option(min=0, help="Validation questions scored at the end.")] = 500,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 1e-3,
+                                                             "computed once and cached in OUT/cache).")] = 3000,
+    val_questions: Annotated[int, typer.Option(min=0, help="Validation questions scored at the end.")] = 300,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 3e-3,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps.")] = 100,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 200,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
@@ -29,8 +29,8 @@ def train_vlm_command(
     tower: Annotated[str, typer.Option(help="Vision tower: focus-vit-s14 or a DINOv2 checkpoint folder.")] =
     "focus-vit-s14",
     projector: Annotated[str, typer.Option(help="mlp (LLaVA's 2-layer GELU) or linear (PaliGemma's).")] = "mlp",
-    hidden: Annotated[int, typer.Option(min=8, help="Language model width.")] = 256,
-    layers: Annotated[int, typer.Option(min=1, help="Language model layers.")] = 4,
+    hidden: Annotated[int, typer.Option(min=8, help="Language model width.")] = 128,
+    layers: Annotated[int, typer.Option(min=1, help="Language model layers.")] = 2,
     heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
     feature_layer: Annotated[int | None, typer.Option(help="Tower hidden_states index fed to the projector "
                                                            "(default 9 for focus-vit-s14, else -1).")] = None,
@@ -38,7 +38,7 @@ def train_vlm_command(
 ) -> None:
     """Train the small VLM: frozen focus-vit-s14 tower, projector and a small Llama, on vistok.vlm.shapes questions.
 
-    Example: vistok train-vlm shapes-vlm --steps 3000 --seed 0
+    Example: vistok train-vlm shapes-vlm --steps 2000 --seed 0
 
     Writes an ordinary transformers folder (LlavaForConditionalGeneration + processor) that `vistok vlm OUT
     image.png -p "question"` runs, plus OUT/metrics.json (val accuracy per kind). Ctrl-C or a kill loses at

@@ -84,7 +84,7 @@ def _tower(tower: Any) -> tuple[Any, dict[str, Any], bool]:
     return tower, focus_pre, False
 
 
-def build(tower: Any = "focus-vit-s14", *, words: Iterable[str] | None = None, hidden: int = 256, layers: int = 4,
+def build(tower: Any = "focus-vit-s14", *, words: Iterable[str] | None = None, hidden: int = 128, layers: int = 2,
           heads: int = 4, kv_heads: int | None = None, intermediate: int | None = None, projector: str = "mlp",
           feature_layer: int | None = None, image_size: int = 224, seed: int = 0) -> tuple[Any, Any]:
     """A fresh ``(LlavaForConditionalGeneration, LlavaProcessor)``: ``tower`` (``"focus-vit-s14"``, a DINOv2
@@ -341,8 +341,8 @@ def evaluate(model: Any, processor: Any, items: Iterable[Any], *, method: str | 
 
 # -- training -------------------------------------------------------------------------------------
 
-def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 32, seed: int = 0,
-          train_questions: int = 4000, val_questions: int = 500, lr: float = 1e-3, weight_decay: float = 0.01,
+def train(out_dir: str | os.PathLike, *, steps: int = 2000, batch_size: int = 32, seed: int = 0,
+          train_questions: int = 3000, val_questions: int = 300, lr: float = 3e-3, weight_decay: float = 0.01,
           warmup: int = 100, checkpoint_every: int = 200, resume: bool = False, tower: Any = "focus-vit-s14",
           feature_batch: int = 32, blind: bool = False, on_step: Callable[[int, float], None] | None = None,
           progress: Callable[[str, int, int], None] | None = None, **model_options: Any) -> dict[str, Any]:
