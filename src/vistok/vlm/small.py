@@ -375,7 +375,7 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2000, batch_size: int = 32
     if resume:
         if not ckpt_file.is_file():
             raise TrainError(f"{out}: no {CHECKPOINT} to resume from; run without resume to start")
-        state = torch.load(ckpt_file, weights_only=False)
+        state = torch.load(ckpt_file, weights_only=True)  # tensors, numbers, strings: no pickle code runs
         if state["settings"] != settings:
             changed = sorted(k for k in set(settings) | set(state["settings"])
                              if settings.get(k) != state["settings"].get(k))
