@@ -6,7 +6,7 @@ one-word answer, the question's kind and split). Everything is drawn with Pillow
 
 A scene is a 3 x 3 grid of cells on a dark canvas. Two to six shapes (:data:`SHAPES`) in seven colours
 (:data:`COLOURS`), each small or large, sit in distinct cells (so they never overlap), jittered inside their
-cell; a scene may also hold one rendered three-letter word (:data:`WORDS`) or a number from 0 to 99, in white,
+cell; a scene may also hold one rendered three-letter word (:data:`WORDS`) or a digit from 0 to 9, in white,
 in a cell of its own. Question kinds (:data:`KINDS`), each with its answers drawn uniformly:
 
 ==========  ==========================================  =====================================
@@ -17,7 +17,7 @@ shape       what shape is at the top left ?             a shape (cells hold one 
 count       how many circles are there ?                "0" .. "6"
 relation    is the red circle left of the blue star ?   yes / no (left of, right of, above, below)
 exists      is there a green triangle ?                 yes / no
-text        what word is written ? / what number ...    a word of :data:`WORDS` or "0" .. "99"
+text        what word is written ? / what number ...    a word of :data:`WORDS` or "0" .. "9"  
 ==========  ==========================================  =====================================
 
 The question mark is its own word, so ``question.split()`` gives words of :func:`vocabulary` and the answer
@@ -41,7 +41,7 @@ from functools import cache, lru_cache
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["KINDS", "SHAPES", "COLOURS", "SIZES", "POSITIONS", "WORDS", "HELD_OUT", "SPLITS", "Item",
-           "Question", "questions", "scene", "vocabulary"]
+           "Question", "questions", "question_sets", "scene", "vocabulary"]
 
 KINDS: tuple[str, ...] = ("colour", "shape", "count", "relation", "exists", "text")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
@@ -113,7 +113,7 @@ def vocabulary() -> list[str]:
     words.update(SHAPES, PLURALS.values(), COLOURS, SIZES, WORDS)
     words.update(w for p in POSITIONS for w in p.split())
     words.update(w for r in RELATIONS for w in r.split())
-    words.update(str(i) for i in range(100))
+    words.update(str(i) for i in range(10))
     return sorted(words)
 
 
@@ -130,6 +130,41 @@ def questions(n: int, *, seed: int = 0, split: str = "train", size: int = 224,
     size = _check_int("size", size, minimum=MIN_SIZE)
     kinds = _check_kinds(kinds)
     return _generate(n, seed, split, size, kinds)
+
+
+def question_sets(n: int, *, seed: int = 0, split: str = "train", size: int = 224, per_image: int = 6,
+                  kinds: Sequence[str] = KINDS) -> Iterator[tuple[Question, ...]]:
+    """Yield ``n`` scenes, each as up to ``per_image`` questions about the same image (one image object).
+
+    The first question of set ``i`` is ``questions(n, ...)``'s question ``i`` (same scene, text and
+    answer); the others are drawn from the scene's own objects, one per kind in the order of ``kinds``
+    after the first's, skipping a kind the scene cannot answer (no text; no object whose colour a
+    question can single out). Asking several questions of one image makes training data cheap: the
+    vision tower runs once per image. Their answers follow the scene rather than being balanced.
+    """
+    n = _check_int("n", n, minimum=0)
+    seed = _check_int("seed", seed)
+    _check_split(split)
+    size = _check_int("size", size, minimum=MIN_SIZE)
+    per_image = _check_int("per_image", per_image, minimum=1)
+    kinds = _check_kinds(kinds)
+    return _generate_sets(n, seed, split, size, kinds, per_image)
+
+
+def _generate_sets(n: int, seed: int, split: str, size: int, kinds: tuple[str, ...], per_image: int
+                   ) -> Iterator[tuple[Question, ...]]:
+    for index, first in enumerate(_generate(n, seed, split, size, kinds)):
+        rng = random.Random(f"vistok.vlm.shapes/{split}/{seed}/{index}/more")
+        start = kinds.index(first.kind)
+        order = [kinds[(start + k) % len(kinds)] for k in range(1, len(kinds))]
+        made = [first]
+        for kind in order:
+            if len(made) >= per_image:
+                break
+            asked = _ASK_ABOUT[kind](rng, first.objects, _pairs(split))
+            if asked is not None:
+                made.append(Question(first.image, asked[0], asked[1], kind, split, first.objects))
+        yield tuple(made)
 
 
 def scene(seed: int, size: int = 224, *, split: str = "train") -> tuple[Image.Image, tuple[Item, ...]]:
@@ -242,6 +277,70 @@ _MAKERS = {"colour": _colour_question, "shape": _shape_question, "count": _count
            "relation": _relation_question, "exists": _exists_question, "text": _text_question}
 
 
+Asked = tuple[str, str] | None  # (question, answer), or None when the scene cannot answer the kind
+
+
+def _shapes_of(objects: Sequence[Item]) -> list[Item]:
+    return [o for o in objects if o.shape != "text"]
+
+
+def _ask_colour(rng: random.Random, objects: Sequence[Item], pairs: Sequence[tuple[str, str]]) -> Asked:
+    """An object singled out by its shape, or by shape and size when its shape appears once per size."""
+    shapes = _shapes_of(objects)
+    options = []
+    for o in shapes:
+        same = [p for p in shapes if p.shape == o.shape and p is not o]
+        if not same:
+            options.append((f"what colour is the {o.shape} ?", o.colour))
+        elif all(p.size != o.size for p in same) and len(same) == 1:
+            options.append((f"what colour is the {o.size} {o.shape} ?", o.colour))
+    return rng.choice(options) if options else None
+
+
+def _ask_shape(rng: random.Random, objects: Sequence[Item], pairs: Sequence[tuple[str, str]]) -> Asked:
+    o = rng.choice(_shapes_of(objects))
+    return f"what shape is at the {o.position} ?", o.shape
+
+
+def _ask_count(rng: random.Random, objects: Sequence[Item], pairs: Sequence[tuple[str, str]]) -> Asked:
+    shape = rng.choice(SHAPES)
+    return f"how many {PLURALS[shape]} are there ?", str(sum(o.shape == shape for o in objects))
+
+
+def _ask_relation(rng: random.Random, objects: Sequence[Item], pairs: Sequence[tuple[str, str]]) -> Asked:
+    """Two objects whose colour-shape pairs are unique in the scene, on a relation whose axis separates them."""
+    shapes = _shapes_of(objects)
+    unique = [o for o in shapes if sum((p.colour, p.shape) == (o.colour, o.shape) for p in shapes) == 1]
+    options = [(a, b, r) for a in unique for b in unique if a is not b for r in RELATIONS
+               if (a.col != b.col if r in ("left of", "right of") else a.row != b.row)]
+    if not options:
+        return None
+    a, b, relation = rng.choice(options)
+    holds = {"left of": a.col < b.col, "right of": a.col > b.col, "above": a.row < b.row,
+             "below": a.row > b.row}[relation]
+    return f"is the {a.colour} {a.shape} {relation} the {b.colour} {b.shape} ?", "yes" if holds else "no"
+
+
+def _ask_exists(rng: random.Random, objects: Sequence[Item], pairs: Sequence[tuple[str, str]]) -> Asked:
+    """Half the time a pair in the scene, else one absent from it."""
+    present = sorted({(o.colour, o.shape) for o in _shapes_of(objects)})
+    absent = [p for p in pairs if p not in present]
+    colour, shape = rng.choice(present if rng.random() < 0.5 or not absent else absent)
+    return f"is there a {colour} {shape} ?", "yes" if (colour, shape) in present else "no"
+
+
+def _ask_text(rng: random.Random, objects: Sequence[Item], pairs: Sequence[tuple[str, str]]) -> Asked:
+    texts = [o.text for o in objects if o.shape == "text"]
+    if not texts:
+        return None
+    kind = "number" if texts[0].isdigit() else "word"
+    return f"what {kind} is written ?", texts[0]
+
+
+_ASK_ABOUT = {"colour": _ask_colour, "shape": _ask_shape, "count": _ask_count, "relation": _ask_relation,
+              "exists": _ask_exists, "text": _ask_text}
+
+
 def _others(rng: random.Random, pairs: Sequence[tuple[str, str]], count: int, allowed=None) -> list[Spec]:
     """``count`` random shapes whose (colour, shape) satisfies ``allowed``."""
     choices = [p for p in pairs if allowed is None or allowed(*p)]
@@ -249,10 +348,10 @@ def _others(rng: random.Random, pairs: Sequence[tuple[str, str]], count: int, al
 
 
 def _random_text(rng: random.Random) -> tuple[str, str]:
-    """("word", a word of WORDS) or ("number", "0".."99"), each half the time."""
+    """("word", a word of WORDS) or ("number", a digit "0".."9"), each half the time."""
     if rng.random() < 0.5:
         return "word", rng.choice(WORDS)
-    return "number", str(rng.randrange(100))
+    return "number", str(rng.randrange(10))
 
 
 @cache
