@@ -160,3 +160,7 @@ def test_missing_model_folder_says_what_to_pass(tmp_path, capsys):
                    "(or 'shapes' for the model shipped with vistok)")
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         bench.check_methods(["nope"])
+    with pytest.raises(SystemExit):
+        bench.main(["--model", str(tmp_path)])  # a folder, but no model in it
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --model {tmp_path}: ") and "no config.json" in err and "\n" not in err
