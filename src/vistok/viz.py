@@ -14,8 +14,8 @@ from vistok.images import ImageInput, open_image
 from vistok.tokens import Tokens
 
 __all__ = ["token_colors", "draw_grid", "draw_groups", "paint_tokens", "heatmap", "with_colorbar", "ramp_color",
-           "show", "panel_strip", "working_image", "draw_regions", "count_histogram", "nice_ticks", "HEAT_EXTRAS",
-           "HEAT_SCALES"]
+           "show", "show_vlm", "show_context_attention", "panel_strip", "working_image", "draw_regions",
+           "count_histogram", "nice_ticks", "HEAT_EXTRAS", "HEAT_SCALES"]
 
 _GOLDEN = 0.618033988749895
 #: Per-token scalar extras that ``show`` draws as heat maps, with their captions.
@@ -260,20 +260,27 @@ def _tick_label(value: float, ticks: Sequence[float]) -> str:
 
 def panel_strip(panels: Sequence[Image.Image], titles: Sequence[str], height: int = 320,
                 gap: int = 8) -> Image.Image:
-    """Panels side by side at a common height, each with a caption underneath, on a white background."""
+    """Panels side by side at a common height, each with a caption underneath (``\n`` starts another line),
+    on a white background. ``result.info["panels"]`` holds each panel's ``(x0, y0, x1, y1)`` pixel box."""
     resized = [p.resize((max(1, round(p.width * height / p.height)), height), Image.Resampling.LANCZOS)
                for p in panels]
     font = _font(15)
-    caption = 26
+    caption = 26 + _LINE * (max([t.count("\n") for t in titles] + [0]))
     width = sum(p.width for p in resized) + gap * (len(resized) + 1)
     strip = Image.new("RGB", (width, height + caption + 2 * gap), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
     x = gap
+    boxes = []
     for panel, title in zip(resized, titles):
         strip.paste(panel, (x, gap))
-        draw.text((x, height + gap + 4), title, fill=(20, 20, 20), font=font)
+        boxes.append((x, gap, x + panel.width - 1, gap + height - 1))
+        draw.multiline_text((x, height + gap + 4), title, fill=(20, 20, 20), font=font, spacing=_LINE - 15)
         x += panel.width + gap
+    strip.info["panels"] = boxes
     return strip
+
+
+_LINE = 19  # caption line pitch in panel_strip (15 px text)
 
 
 def count_histogram(distributions: dict[str, dict[int, int]], marks: dict[str, dict[str, float]] | None = None,
@@ -400,6 +407,93 @@ def show(image: ImageInput, tokenizer: Any, tokens: Tokens | None = None, height
         panels.append(recon)
         titles.append(f"decoded, PSNR {psnr(reference, recon):.1f} dB")
     return panel_strip(panels, titles, height=height)
+
+
+def show_vlm(image: ImageInput, model: Any, processor: Any, method: str, *, keep: int | None = None,
+             ratio: float | None = None, question: str | None = None, height: int = 320, max_new_tokens: int = 8,
+             **options: Any) -> Image.Image:
+    """What a VLM's language model sees of ``image`` after :func:`vistok.vlm.patch` with ``method``: the image |
+    the visual tokens it keeps painted over their patches (merged groups one colour each, outlined; dropped
+    patches dimmed), captioned "K of N visual tokens kept (method)" | the tower's attention from CLS the
+    reducer ranked by, when it used one. The kept set is the patch's own (see
+    :func:`vistok.vlm.show.kept_tokens`; ``keep``/``ratio``/``options`` as :func:`vistok.vlm.patch`).
+
+    With ``question``, the model's greedy answers without and with the reduction (:func:`vistok.vlm.ask`) are
+    written under the image and stored in ``result.info["answers"]`` (``{"full", "reduced"}``); the question is
+    also the prompt ``fastv`` ranks by. ``result.info["tokens"]`` holds the kept :class:`~vistok.Tokens`
+    (``source``: the kept token of each patch, ``-1`` dropped)."""
+    from vistok.vlm.show import kept_tokens
+
+    original = open_image(image)
+    tokens = kept_tokens(model, processor, original, method, keep=keep, ratio=ratio, question=question, **options)
+    total = len(tokens.source)
+    panels = [original, draw_groups(original, tokens)]
+    titles = [f"{original.width}x{original.height}", f"{len(tokens)} of {total} visual tokens kept ({method})"]
+    signal = tokens.meta.get("patch_signal")
+    if signal is not None:
+        meta = {key: tokens.meta[key] for key in ("image_size", "crop_box") if key in tokens.meta}
+        cells = Tokens(np.zeros((total, 1), np.float32), grid=tokens.base_grid, meta=meta)
+        heat = heatmap(original, cells, np.asarray(signal), vmin=0.0, vmax=None)
+        panels.append(with_colorbar(heat, *heat.info["heat_range"]))
+        titles.append("attention from CLS" if tokens.meta.get("signal") == "cls_attention"
+                      else "attention received")
+    answers = None
+    if question is not None:
+        from vistok.vlm import ask
+
+        settings = dict(keep=keep, ratio=ratio, max_new_tokens=max_new_tokens, **options)
+        answers = {"full": ask(model, processor, original, question, max_new_tokens=max_new_tokens).text,
+                   "reduced": ask(model, processor, original, question, method=method, **settings).text}
+        width = round(original.width * height / original.height)
+        titles[0] = "\n".join([_fit(f"Q: {question}", width), _fit(f"all {total}: {answers['full']}", width),
+                               _fit(f"{len(tokens)} kept: {answers['reduced']}", width)])
+    picture = panel_strip(panels, titles, height=height)
+    picture.info.update(tokens=tokens, answers=answers)
+    return picture
+
+
+def show_context_attention(image_or_frames: Any, model: Any, question: str, *, height: int = 320) -> Image.Image:
+    """Where a LLaMA-VID model's context token looks for ``question`` (:func:`vistok.vlm.llama_vid.context_attention`):
+    the image with the question and the model's answer under it | the context token's attention over the patch
+    grid as a heat map (0 to the largest weight, with its colour bar). A clip (a sequence of frames or a video
+    file) gets one heat map per frame, on one scale. ``result.info``: ``attention`` ``(frames, rows, cols)``
+    (each frame summing to 1), ``peak`` ``(frame, row, col)`` of the largest weight, ``answer``."""
+    from vistok.vlm import llama_vid
+
+    frames = llama_vid._frames_of(image_or_frames)
+    attention = llama_vid.context_attention(model, frames, question).detach().float().cpu().numpy()
+    answer = llama_vid.ask(model, frames, question)
+    rows, cols = attention.shape[1:]
+    top = float(attention.max())
+    panels: list[Image.Image] = []
+    titles: list[str] = []
+    width = round(frames[0].width * height / frames[0].height)
+    if len(frames) == 1:
+        panels.append(frames[0])
+        titles.append("\n".join([_fit(f"Q: {question}", width), _fit(f"A: {answer}", width)]))
+    for i, (frame, weights) in enumerate(zip(frames, attention)):
+        cells = Tokens(np.zeros((rows * cols, 1), np.float32), grid=(rows, cols))
+        heat = heatmap(frame, cells, weights.reshape(-1), vmin=0.0, vmax=top)
+        panels.append(with_colorbar(heat, *heat.info["heat_range"]) if i == len(frames) - 1 else heat)
+        title = "context token's attention" if len(frames) == 1 else f"frame {i + 1}"
+        if len(frames) > 1 and i == 0:
+            title = "\n".join([_fit(f"Q: {question}", width), _fit(f"A: {answer}", width), title])
+        titles.append(title)
+    peak = np.unravel_index(int(attention.argmax()), attention.shape)
+    picture = panel_strip(panels, titles, height=height)
+    picture.info.update(attention=attention, peak=tuple(int(v) for v in peak), answer=answer)
+    return picture
+
+
+def _fit(text: str, width: int, size: int = 15) -> str:
+    """``text`` cut (with an ellipsis) to fit ``width`` pixels in the caption font."""
+    font = _font(size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    if probe.textlength(text, font=font) <= width:
+        return text
+    while text and probe.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
 
 
 def draw_regions(image: Image.Image, tokens: Tokens) -> Image.Image:

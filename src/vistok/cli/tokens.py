@@ -21,6 +21,7 @@ from vistok.cli._common import (
     load_tokenizer,
     out,
     out_path,
+    parse_reduce,
     print_json,
     progress_bar,
     reduce_all,
@@ -147,11 +148,18 @@ def inspect(
 
 
 def show(
-    image: Annotated[Path, typer.Argument(help="The image to draw.")],
+    image: Annotated[Path, typer.Argument(help="The image to draw (with --vlm and a LLaMA-VID model, also a video).")],
     tokenizer: TokenizerOpt = "grid",
     out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.", parser=out_path, metavar="FILE")] = Path("tokens.png"),
     config: ConfigOpt = None,
     reduce: ReduceOpt = None,
+    vlm: Annotated[str | None, typer.Option(
+        "--vlm", metavar="MODEL",
+        help="Draw what a VLM's language model sees instead of -t's tokens: a LLaVA folder (or 'shapes', the "
+             "small VLM shipped with vistok) with --reduce METHOD:K, or a LLaMA-VID folder with --question.")] = None,
+    question: Annotated[str | None, typer.Option(
+        "--question", "-q", help="With --vlm: the question the LLaMA-VID context token attends for, or the "
+                                 "question a LLaVA model answers with and without the reduction.")] = None,
     follow_symlinks: FollowOpt = False,
 ) -> None:
     """Draw the tokens over an image: the grid, the tokens as colours, the reconstruction (decodable
@@ -160,6 +168,17 @@ def show(
     PaliGemma location tokens.
 
     With --reduce, the kept tokens and merged groups are painted over the patches they cover, one colour each.
+
+    With --vlm MODEL the picture shows a VLM's visual tokens (-t and -c are not used). A LLaVA model with
+    --reduce METHOD:K: the tokens its language model keeps once vistok.vlm.patch reduces them (the patch's own
+    selection, fastv included), "K of 256 visual tokens kept", and the tower's attention from CLS when the
+    method ranks by it; with --question, its answers with all tokens and with K are printed. A LLaMA-VID
+    folder (one holding llama_vid.json) with --question: the context token's attention over the image for that
+    question, and the model's answer. Examples:
+
+    vistok show scene.png --vlm shapes --reduce visionzip:64 -q "what colour is the star ?" -o kept.png
+
+    vistok show scene.png --vlm runs/llama-vid -q "what colour is the star ?" -o context.png
     """
     from PIL import Image
 
@@ -167,25 +186,97 @@ def show(
     from vistok.viz import show as draw
 
     target = check_out(out_file, [image], follow_symlinks=follow_symlinks)
-    try:
-        probe_size(image, max_pixels=None)  # a bad file fails now, before the model loads
-    except ImageError as exc:
-        error(f"{exc}")
-        raise typer.Exit(1) from None
-    tok = load_tokenizer(tokenizer, config)
-    try:
-        tokens = tok.encode(image)
-        tokens = reduce_all({"image": tokens}, reduce)["image"] if reduce else tokens
-        picture = draw(image, tok, tokens)
-    except ImageError as exc:
-        error(f"{exc}")
-        raise typer.Exit(1) from None
+    if question is not None and vlm is None:
+        error("--question needs --vlm MODEL: a LLaMA-VID folder (its context token's attention) or a LLaVA "
+              "folder with --reduce METHOD:K (its answers)")
+        raise typer.Exit(2)
+    video = vlm is not None and image.suffix.lower() in (".mp4", ".mkv", ".mov", ".avi", ".webm")
+    if not video:
+        try:
+            probe_size(image, max_pixels=None)  # a bad file fails now, before the model loads
+        except ImageError as exc:
+            error(f"{exc}")
+            raise typer.Exit(1) from None
+    if vlm is not None:
+        picture, lines = _draw_vlm(image, vlm, reduce, question)
+    else:
+        tok = load_tokenizer(tokenizer, config)
+        try:
+            tokens = tok.encode(image)
+            tokens = reduce_all({"image": tokens}, reduce)["image"] if reduce else tokens
+            picture = draw(image, tok, tokens)
+        except ImageError as exc:
+            error(f"{exc}")
+            raise typer.Exit(1) from None
+        lines = []
+        if "loc_tokens" in tokens.meta:  # region tokens: the boxes as PaliGemma writes them
+            lines = [f"{len(tokens)} region(s) as PaliGemma location tokens (y0 x0 y1 x1, 1024 bins):",
+                     tokens.meta["loc_tokens"] or "(none)"]
     known = target.suffix.lower() in Image.registered_extensions()  # type: ignore[union-attr]
     write_out(target, lambda tmp: picture.save(tmp, format=None if known else "PNG"), inputs=[image])  # type: ignore[arg-type]
     out.print(f"wrote {out_file} ({picture.width}x{picture.height})")
-    if "loc_tokens" in tokens.meta:  # region tokens: the boxes as PaliGemma writes them
-        out.print(f"{len(tokens)} region(s) as PaliGemma location tokens (y0 x0 y1 x1, 1024 bins):", highlight=False)
-        out.print(tokens.meta["loc_tokens"] or "(none)", highlight=False, markup=False, soft_wrap=True)
+    for line in lines:
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _draw_vlm(image: Path, model: str, reduce: list[str] | None, question: str | None) -> tuple[Any, list[str]]:
+    """``vistok show --vlm``: the picture and the lines to print; one-line errors (exit 2 for a bad model or
+    option, 1 for an image that cannot be read)."""
+    from vistok.images import ImageError
+
+    try:
+        from vistok.viz import show_context_attention, show_vlm
+        from vistok.vlm import llama_vid
+        from vistok.vlm.run import load
+        from vistok.vlm.show import is_llama_vid
+    except ImportError as exc:
+        error(f"--vlm needs torch and transformers ({exc}): pip install 'vistok[vlm]'")
+        raise typer.Exit(1) from None
+    try:
+        if is_llama_vid(model):
+            if reduce:
+                raise ValueError(f"{model} is a LLaMA-VID model (2 tokens per image); --reduce does not apply: "
+                                 "drop it to draw the context token's attention")
+            if not question:
+                raise ValueError(f"{model} is a LLaMA-VID model: pass --question TEXT to draw its context token's "
+                                 "attention for that question")
+            picture = show_context_attention(image, llama_vid.load(model), question)
+            attention = picture.info["attention"]
+            frame, row, col = picture.info["peak"]
+            where = f"frame {frame + 1}, " if attention.shape[0] > 1 else ""
+            return picture, [f"answer: {picture.info['answer']}",
+                             f"the context token's attention peaks at {where}patch row {row}, column {col} of "
+                             f"{attention.shape[1]}x{attention.shape[2]}, counted from 0 at the top left "
+                             f"(weight {float(attention.max()):.3f})"]
+        if not reduce:
+            raise ValueError(f"--vlm {model} draws a reduction: add --reduce METHOD:K (e.g. visionzip:64); for "
+                             "a context token's attention pass a LLaMA-VID folder with --question")
+        if len(reduce) > 1:
+            raise ValueError(f"--vlm takes one --reduce step (the model is patched with one method), got "
+                             f"{len(reduce)}: {' '.join(reduce)}")
+        method, options = parse_reduce(reduce[0])
+        if method != "fastv":  # a typo fails before the model loads
+            from vistok.reducers.core import method_info
+
+            try:
+                method_info(method)
+            except KeyError as exc:
+                raise ValueError(f"{exc.args[0]}, or fastv (inside the language model)") from None
+        vlm, processor = load(model)
+        picture = show_vlm(image, vlm, processor, method, question=question, **options)
+    except ImageError as exc:
+        error(f"{exc}")
+        raise typer.Exit(1) from None
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
+        error(exc.args[0] if isinstance(exc, KeyError) else str(exc))
+        raise typer.Exit(2) from None
+    tokens = picture.info["tokens"]
+    lines = [f"{len(tokens)} of {len(tokens.source)} visual tokens kept ({method})"]
+    answers = picture.info["answers"]
+    if answers is not None:
+        lines += [f"answer with all {len(tokens.source)} visual tokens: {answers['full']}",
+                  f"answer with {len(tokens)} ({reduce[0]}): {answers['reduced']}"]
+    return picture, lines
 
 
 def reducers_command(as_json: JsonOpt = False) -> None:
