@@ -292,3 +292,23 @@ def test_question_sets_start_with_questions_and_agree_with_the_objects():
         list(questions(4, seed=1, split="val"))[2].question
     with pytest.raises(ValueError, match="per_image must be at least 1"):
         question_sets(3, per_image=0)
+
+
+def test_describe_lists_every_object_in_reading_order():
+    from vistok.vlm.shapes import describe, question_sets
+
+    for group in question_sets(40, seed=5, split="test", describe=True):
+        caption = group[-1]
+        assert (caption.kind, caption.question) == ("describe", "describe the image ?")
+        parts = caption.answer.split(" , ")
+        objects = sorted(caption.objects, key=lambda o: (o.row, o.col))
+        assert len(parts) == len(objects)
+        for part, o in zip(parts, objects):
+            words = part.split()
+            assert " ".join(words[-len(o.position.split()):]) == o.position
+            if o.shape == "text":
+                assert words[:2] == ["number" if o.text.isdigit() else "word", o.text]
+            else:
+                assert words[:3] == [o.size, o.colour, o.shape]
+        assert set(caption.answer.split()) <= set(vocabulary())
+    assert describe(()) == ""

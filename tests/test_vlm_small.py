@@ -30,7 +30,7 @@ def tiny_tower(seed: int = 0):
 
 
 def run(folder: Path, **options):
-    settings = dict(steps=20, batch_size=8, seed=0, train_questions=32, val_questions=16, lr=1e-2, warmup=3,
+    settings = dict(steps=20, batch_size=8, seed=0, train_images=32, val_questions=16, lr=1e-2, warmup=3,
                     checkpoint_every=10, tower=tiny_tower(), **TINY_LM)
     settings.update(options)
     return small.train(folder, **settings)
@@ -62,7 +62,8 @@ def test_saved_folder_loads_and_answers_like_training_evaluation(trained):
     model = transformers.LlavaForConditionalGeneration.from_pretrained(folder).eval()
     processor = transformers.AutoProcessor.from_pretrained(folder)
     items = list(questions(16, seed=1, split="val", size=SIZE))
-    inputs = processor(images=items[0].image, text=f"<image> {items[0].question}", return_tensors="pt")
+    inputs = processor(images=items[0].image, text=vlm.run._prompt(processor, items[0].question, 1),
+                       return_tensors="pt")
     assert inputs["input_ids"][0].tolist() == small.prompt_ids(processor, items[0].question, 16)
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
@@ -93,7 +94,7 @@ def test_cached_path_equals_the_model_forward_and_folding_is_exact():
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
-    options = dict(steps=6, checkpoint_every=3, val_questions=0, train_questions=16, batch_size=4)
+    options = dict(steps=6, checkpoint_every=3, val_questions=0, train_images=16, batch_size=4)
     whole = run(tmp_path / "whole", **options)
 
     def kill(step, loss):
@@ -200,7 +201,7 @@ def test_cli_help_bad_argument_and_a_tiny_run(tmp_path):
     assert "projector must be one of mlp, linear" in result.output
     assert "Traceback" not in result.output
     args = ["train-vlm", str(tmp_path / "b"), "--tower", str(tower), "--steps", "3", "--batch-size", "4",
-            "--train-questions", "8", "--val-questions", "4", "--hidden", "32", "--layers", "1", "--heads", "2",
+            "--train-images", "8", "--val-questions", "4", "--hidden", "32", "--layers", "1", "--heads", "2",
             "--image-size", str(SIZE)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -222,3 +223,63 @@ def test_train_vlm_without_torch_says_what_to_install(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "pip install 'vistok[vlm]'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("question_first", [False, True])
+def test_a_batch_of_questions_equals_each_question_alone(question_first):
+    """_pack embeds the image once for all its questions when the image comes first (a 4-D mask keeps the
+    questions apart), one row per question otherwise; either way the loss must equal the mean over the
+    questions run one by one as the prompt ask() feeds, token for token."""
+    model, proc = small.build(tiny_tower(), question_first=question_first, **TINY_LM)
+    image_id, pad = model.config.image_token_id, proc.tokenizer.pad_token_id
+    data = small._cache_questions(model, proc, "train", 3, 0, Path("unused"), 3, None, False, 6, True)
+    groups = small._encode(proc, data)
+    assert [len(g) for g in groups] == [data["image"].count(i) for i in range(3)] and len(groups[0]) > 3
+    visual = data["visual"]
+    batch = small._pack(groups, visual, image_id, pad)
+    assert len(batch["ids"]) == (len(data["image"]) if question_first else 3)
+    first = groups[0][0][0]
+    assert first.count(image_id) == visual
+    assert (first.index(image_id) > 0) == question_first  # "what ... ? <image>" or "<image> what ... ?"
+    torch.manual_seed(1)
+    feats = torch.randn(3, visual, 32)
+    net = small._Trainable(model, torch.zeros(32), torch.ones(32)).eval()
+    packed = small._loss(net, feats, batch, image_id)
+    total, count = 0.0, 0
+    for row, group in enumerate(groups):
+        for seq, n_prompt in group:
+            ids = torch.tensor([seq])
+            logits = net.logits(feats[row:row + 1], ids, torch.ones_like(ids), image_id)[0]
+            answer = torch.tensor(seq[n_prompt:])
+            total += torch.nn.functional.cross_entropy(logits[n_prompt - 1:len(seq) - 1], answer,
+                                                       reduction="sum").item()
+            count += len(answer)
+    assert packed.item() == pytest.approx(total / count, rel=1e-5)
+    q = next(iter(questions(1, seed=0)))
+    inputs = proc(images=q.image, text=vlm.run._prompt(proc, q.question, 1), return_tensors="pt")
+    assert inputs["input_ids"][0].tolist() == small.prompt_ids(proc, q.question, visual)  # what ask() feeds
+
+
+def test_export_then_shipped_folder_rebuilds_the_same_model(tmp_path, monkeypatch):
+    """export() keeps every weight but the tower's in float16; shipped_folder() puts the real focus-vit-s14
+    tower back and writes an ordinary folder that from_pretrained and vistok.vlm.load open."""
+    monkeypatch.setenv("VISTOK_CACHE", str(tmp_path / "cache"))
+    model, proc = small.build(**TINY_LM)
+    model.save_pretrained(tmp_path / "trained")
+    proc.save_pretrained(tmp_path / "trained")
+    small.export(tmp_path / "trained", tmp_path / "ship")
+    size = sum(f.stat().st_size for f in (tmp_path / "ship").iterdir())
+    assert size < 200_000  # the 21 M-parameter tower is not in it
+    folder = small.shipped_folder(tmp_path / "ship")
+    assert folder.parent == tmp_path / "cache" and small.shipped_folder(tmp_path / "ship") == folder
+    again, proc2 = vlm.load(folder)
+    rounded = {name: value if name.startswith("model.vision_tower.") else value.half().float()
+               for name, value in model.state_dict().items()}
+    for name, value in again.state_dict().items():
+        torch.testing.assert_close(value, rounded[name], atol=0, rtol=0, msg=name)
+    model.load_state_dict(rounded)
+    q = next(iter(questions(1, seed=2, split="test")))
+    assert vlm.ask(again, proc2, q.image, q.question, max_new_tokens=3).token_ids == \
+        vlm.ask(model, proc, q.image, q.question, max_new_tokens=3).token_ids
+    with pytest.raises(FileNotFoundError, match="no weights.safetensors"):
+        small.shipped_folder(tmp_path / "nothing")

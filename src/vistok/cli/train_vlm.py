@@ -14,11 +14,16 @@ from vistok.cli._common import err, error, out, progress_bar
 def train_vlm_command(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for the model, processor, feature cache, "
                                                                 "checkpoint and metrics.json.")],
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 2000,
-    batch_size: Annotated[int, typer.Option(min=1, help="Questions per step.")] = 32,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 3000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step (each with its questions).")] = 16,
     seed: Annotated[int, typer.Option(help="Seed: same seed and options give the same model.")] = 0,
-    train_questions: Annotated[int, typer.Option(min=1, help="Training questions (their tower features are "
-                                                             "computed once and cached in OUT/cache).")] = 3000,
+    train_images: Annotated[int, typer.Option(min=1, help="Training images (their tower features are computed "
+                                                          "once and cached in OUT/cache).")] = 4000,
+    questions_per_image: Annotated[int, typer.Option(min=1, help="Questions asked of each training image (one "
+                                                                 "per kind, at most 6).")] = 6,
+    describe: Annotated[bool, typer.Option(help="Also train on a caption of each image (every object in reading "
+                                                "order), as LLaVA's first stage does; it teaches the model where "
+                                                "things are.")] = True,
     val_questions: Annotated[int, typer.Option(min=0, help="Validation questions scored at the end.")] = 300,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 3e-3,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps.")] = 100,
@@ -34,11 +39,14 @@ def train_vlm_command(
     heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
     feature_layer: Annotated[int | None, typer.Option(help="Tower hidden_states index fed to the projector "
                                                            "(default 9 for focus-vit-s14, else -1).")] = None,
+    question_first: Annotated[bool, typer.Option("--question-first", help="Write the question before the image "
+                                                  "(early fusion; each question then needs its own pass over the "
+                                                  "image, about six times the training cost).")] = False,
     image_size: Annotated[int, typer.Option(min=14, help="Image side in pixels ((side/14)^2 visual tokens).")] = 224,
 ) -> None:
     """Train the small VLM: frozen focus-vit-s14 tower, projector and a small Llama, on vistok.vlm.shapes questions.
 
-    Example: vistok train-vlm shapes-vlm --steps 2000 --seed 0
+    Example: vistok train-vlm shapes-vlm --seed 0
 
     Writes an ordinary transformers folder (LlavaForConditionalGeneration + processor) that `vistok vlm OUT
     image.png -p "question"` runs, plus OUT/metrics.json (val accuracy per kind). Ctrl-C or a kill loses at
@@ -51,10 +59,11 @@ def train_vlm_command(
         raise typer.Exit(2) from None
 
     options: dict[str, Any] = dict(
-        steps=steps, batch_size=batch_size, seed=seed, train_questions=train_questions, val_questions=val_questions,
+        steps=steps, batch_size=batch_size, seed=seed, train_images=train_images,
+        questions_per_image=questions_per_image, describe=describe, val_questions=val_questions,
         lr=lr, warmup=warmup, checkpoint_every=checkpoint_every, resume=resume, blind=blind, tower=tower,
         projector=projector,
-        hidden=hidden, layers=layers, heads=heads, image_size=image_size)
+        hidden=hidden, layers=layers, heads=heads, image_size=image_size, question_first=question_first)
     if feature_layer is not None:
         options["feature_layer"] = feature_layer
     with progress_bar(steps + 1, stats=True, transient=False) as bar:

@@ -170,3 +170,7 @@ def family_prompt(processor: Any) -> str:
 
 
 __all__ += ["Family", "View"]
+
+from vistok.vlm.run import Answer, ask, load  # noqa: E402  (run imports patch from here lazily)
+
+__all__ += ["Answer", "ask", "load"]

@@ -34,10 +34,14 @@ class Answer:
         return asdict(self)
 
 
+SHIPPED_NAME = "shapes"
+
+
 def load(source: str | Path, *, dtype: str = "auto", device: str = "cpu") -> tuple[Any, Any]:
     """A transformers VLM and its processor from a local folder (``save_pretrained`` layout), or from a hub id
     (``org/name``) when it is in the local cache or the hub is reachable. The model must be one
-    :func:`vistok.vlm.supported_models` lists."""
+    :func:`vistok.vlm.supported_models` lists. ``"shapes"`` is the small VLM shipped with vistok
+    (:mod:`vistok.vlm.small`, trained on :mod:`vistok.vlm.shapes` questions)."""
     import transformers
 
     from vistok.hub import HUB_ID, from_cache_or_hub
@@ -47,6 +51,10 @@ def load(source: str | Path, *, dtype: str = "auto", device: str = "cpu") -> tup
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     text = str(source)
     path = Path(text).expanduser()
+    if text == SHIPPED_NAME and not path.exists():
+        from vistok.vlm.small import shipped_folder
+
+        path = shipped_folder()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{text}: no config.json in this folder; pass a folder written by save_pretrained")

@@ -109,7 +109,7 @@ class Question:
 def vocabulary() -> list[str]:
     """Every word that can appear in a question or an answer (lower-case, whitespace-split), sorted."""
     words = {"?", "a", "what", "colour", "is", "the", "shape", "at", "how", "many", "are", "there", "of", "word",
-             "number", "written", "yes", "no"}
+             "number", "written", "yes", "no", "describe", "image", ","}
     words.update(SHAPES, PLURALS.values(), COLOURS, SIZES, WORDS)
     words.update(w for p in POSITIONS for w in p.split())
     words.update(w for r in RELATIONS for w in r.split())
@@ -133,7 +133,7 @@ def questions(n: int, *, seed: int = 0, split: str = "train", size: int = 224,
 
 
 def question_sets(n: int, *, seed: int = 0, split: str = "train", size: int = 224, per_image: int = 6,
-                  kinds: Sequence[str] = KINDS) -> Iterator[tuple[Question, ...]]:
+                  kinds: Sequence[str] = KINDS, describe: bool = False) -> Iterator[tuple[Question, ...]]:
     """Yield ``n`` scenes, each as up to ``per_image`` questions about the same image (one image object).
 
     The first question of set ``i`` is ``questions(n, ...)``'s question ``i`` (same scene, text and
@@ -141,6 +141,11 @@ def question_sets(n: int, *, seed: int = 0, split: str = "train", size: int = 22
     after the first's, skipping a kind the scene cannot answer (no text; no object whose colour a
     question can single out). Asking several questions of one image makes training data cheap: the
     vision tower runs once per image. Their answers follow the scene rather than being balanced.
+
+    ``describe=True`` adds one more item of kind ``"describe"``: ``"describe the image ?"`` answered by
+    every object in reading order (``"large red circle top left , word cat centre"``), the caption-style
+    supervision of LLaVA's first training stage (Liu et al., 2023), which teaches the projector and the
+    attention where things are before the questions ask about them.
     """
     n = _check_int("n", n, minimum=0)
     seed = _check_int("seed", seed)
@@ -148,11 +153,21 @@ def question_sets(n: int, *, seed: int = 0, split: str = "train", size: int = 22
     size = _check_int("size", size, minimum=MIN_SIZE)
     per_image = _check_int("per_image", per_image, minimum=1)
     kinds = _check_kinds(kinds)
-    return _generate_sets(n, seed, split, size, kinds, per_image)
+    return _generate_sets(n, seed, split, size, kinds, per_image, describe)
 
 
-def _generate_sets(n: int, seed: int, split: str, size: int, kinds: tuple[str, ...], per_image: int
-                   ) -> Iterator[tuple[Question, ...]]:
+def describe(objects: Sequence[Item]) -> str:
+    """Every object in reading order (by cell): ``"large red circle top left , number 7 centre"``."""
+    parts = []
+    for o in sorted(objects, key=lambda o: (o.row, o.col)):
+        what = (f"{'number' if o.text.isdigit() else 'word'} {o.text}" if o.shape == "text"
+                else f"{o.size} {o.colour} {o.shape}")
+        parts.append(f"{what} {o.position}")
+    return " , ".join(parts)
+
+
+def _generate_sets(n: int, seed: int, split: str, size: int, kinds: tuple[str, ...], per_image: int,
+                   caption: bool = False) -> Iterator[tuple[Question, ...]]:
     for index, first in enumerate(_generate(n, seed, split, size, kinds)):
         rng = random.Random(f"vistok.vlm.shapes/{split}/{seed}/{index}/more")
         start = kinds.index(first.kind)
@@ -164,6 +179,9 @@ def _generate_sets(n: int, seed: int, split: str, size: int, kinds: tuple[str, .
             asked = _ASK_ABOUT[kind](rng, first.objects, _pairs(split))
             if asked is not None:
                 made.append(Question(first.image, asked[0], asked[1], kind, split, first.objects))
+        if caption:
+            made.append(Question(first.image, "describe the image ?", describe(first.objects), "describe", split,
+                                 first.objects))
         yield tuple(made)
 
 

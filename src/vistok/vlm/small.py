@@ -35,6 +35,10 @@ SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", IMAGE_TOKEN]
 PUNCTUATION = ["?", ".", ",", "'", "-"]
 PROJECTORS = {"mlp": "gelu", "linear": "linear"}
 CHECKPOINT = "checkpoint.pt"
+#: Chat template writing each user text, then the images: "question ? <image>".
+QUESTION_FIRST = ("{%- for message in messages -%}{%- for part in message['content'] if part['type'] == 'text' -%}"
+                  "{{ part['text'] }} {% endfor -%}{%- for part in message['content'] if part['type'] == 'image' -%}"
+                  "<image>{%- endfor -%}{%- endfor -%}")
 
 
 class TrainError(ValueError):
@@ -86,14 +90,19 @@ def _tower(tower: Any) -> tuple[Any, dict[str, Any], bool]:
 
 def build(tower: Any = "focus-vit-s14", *, words: Iterable[str] | None = None, hidden: int = 128, layers: int = 2,
           heads: int = 4, kv_heads: int | None = None, intermediate: int | None = None, projector: str = "mlp",
-          feature_layer: int | None = None, image_size: int = 224, seed: int = 0) -> tuple[Any, Any]:
+          feature_layer: int | None = None, image_size: int = 224, question_first: bool = False, seed: int = 0
+          ) -> tuple[Any, Any]:
     """A fresh ``(LlavaForConditionalGeneration, LlavaProcessor)``: ``tower`` (``"focus-vit-s14"``, a DINOv2
     folder or a ``Dinov2Model``) frozen as the vision tower, a ``projector`` (``"mlp"``: LLaVA's 2-layer GELU;
     ``"linear"``: one linear map as PaliGemma, written as LLaVA's projector with an identity activation) and a
     Llama LM of ``hidden``/``layers``/``heads`` with random weights (``seed``). ``words`` is the vocabulary
     (default :func:`vistok.vlm.shapes.vocabulary`). ``feature_layer`` is the tower's ``hidden_states`` index
     LLaVA takes (default: 9 for focus-vit-s14, its best layer for k-NN; -1 otherwise). Images are resized to
-    ``image_size`` square: ``(image_size // 14) ** 2`` visual tokens (256 at 224 px)."""
+    ``image_size`` square: ``(image_size // 14) ** 2`` visual tokens (256 at 224 px). ``question_first``
+    gives the processor a chat template that writes the question before the image (``"what colour is the
+    square ? <image>"``), so every visual token sees the question in the LM (early fusion); the default puts
+    the image first, as LLaVA-1.5's prompt does, which lets training embed each image once for all of its
+    questions (about six times cheaper per question)."""
     import transformers
 
     if projector not in PROJECTORS:
@@ -137,16 +146,21 @@ def build(tower: Any = "focus-vit-s14", *, words: Iterable[str] | None = None, h
         image_std=pre["std"], do_convert_rgb=True)
     processor = transformers.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
                                             vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                                            image_token=IMAGE_TOKEN)
+                                            image_token=IMAGE_TOKEN,
+                                            chat_template=QUESTION_FIRST if question_first else None)
     return model.eval(), processor
 
 
 def prompt_ids(processor: Any, question: str, visual: int) -> list[int]:
-    """The token ids ``processor`` writes for ``"<image> question"`` with ``visual`` image tokens (the
-    prompt :func:`vistok.vlm.run.ask` builds), without running the image processor."""
+    """The token ids ``processor`` writes for ``question`` and one image of ``visual`` tokens, in the order its
+    chat template gives (the prompt :func:`vistok.vlm.run.ask` builds), without running the image processor."""
+    from vistok.vlm.run import _prompt
+
     tokenizer = processor.tokenizer
+    before, _, after = _prompt(processor, question, 1).partition(IMAGE_TOKEN)
     image = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    return [image] * visual + tokenizer(question, add_special_tokens=False)["input_ids"]
+    words = [tokenizer(part, add_special_tokens=False)["input_ids"] if part.strip() else [] for part in (before, after)]
+    return words[0] + [image] * visual + words[1]
 
 
 # -- features -------------------------------------------------------------------------------------
@@ -169,41 +183,39 @@ def tower_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def _cache_questions(model: Any, processor: Any, split: str, n: int, seed: int, folder: Path, batch: int,
-                     progress: Callable[[str, int, int], None] | None, features: bool = True) -> dict[str, Any]:
-    """Questions of ``split`` and their tower features, computed once into ``folder`` (float16 .npy memmap
-    plus a JSON of the texts); reused when the same split, count and seed are there already. Without
-    ``features``, the questions alone (``"features"`` is None)."""
-    from vistok.vlm.shapes import questions
+                     progress: Callable[[str, int, int], None] | None, features: bool = True,
+                     per_image: int = 1, describe: bool = False) -> dict[str, Any]:
+    """``n`` images of ``split`` with up to ``per_image`` questions each, plus a caption with ``describe``
+    (:func:`vistok.vlm.shapes.question_sets`), and the images' tower features, computed once into ``folder``
+    (a float16 .npy, one row per image) and reused by any run on the same images. Returns per-question lists
+    (``"image"`` is each question's row) and ``"features"`` (a read-only memmap; None without ``features``)."""
+    from vistok.vlm.shapes import question_sets
 
     size = int(processor.image_processor.size["height"])
     visual = (size // int(model.config.vision_config.patch_size)) ** 2
+    sets = list(question_sets(n, seed=seed, split=split, size=size, per_image=per_image, describe=describe))
+    flat = [(row, q) for row, group in enumerate(sets) for q in group]
+    meta: dict[str, Any] = {"questions": [q.question for _, q in flat], "answers": [q.answer for _, q in flat],
+                            "kinds": [q.kind for _, q in flat], "image": [row for row, _ in flat],
+                            "visual": visual, "features": None}
     if not features:
-        items = list(questions(n, seed=seed, split=split, size=size))
-        return {"questions": [q.question for q in items], "answers": [q.answer for q in items],
-                "kinds": [q.kind for q in items], "visual": visual, "features": None}
-    name = f"{split}-{n}-seed{seed}-size{size}-layer{int(model.config.vision_feature_layer)}"
-    meta_file, feat_file = folder / f"{name}.json", folder / f"{name}.npy"
-    if meta_file.is_file() and feat_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        meta["features"] = np.load(feat_file, mmap_mode="r")
         return meta
-    folder.mkdir(parents=True, exist_ok=True)
-    items = list(questions(n, seed=seed, split=split, size=size))
-    dim = int(model.config.vision_config.hidden_size)
-    tmp = folder / f".{name}.npy.tmp"
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(items), visual, dim))
-    for start in range(0, len(items), batch):
-        chunk = items[start:start + batch]
-        pixels = processor.image_processor([q.image for q in chunk], return_tensors="pt")["pixel_values"]
-        array[start:start + len(chunk)] = tower_features(model, pixels.to(model.dtype)).float().numpy()
-        if progress:
-            progress(f"{split} features", start + len(chunk), len(items))
-    array.flush()
-    del array
-    os.replace(tmp, feat_file)
-    meta = {"questions": [q.question for q in items], "answers": [q.answer for q in items],
-            "kinds": [q.kind for q in items], "visual": visual}
-    meta_file.write_text(json.dumps(meta))
+    name = f"{split}-{n}-seed{seed}-size{size}-layer{int(model.config.vision_feature_layer)}.npy"
+    feat_file = folder / name
+    if not feat_file.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        dim = int(model.config.vision_config.hidden_size)
+        tmp = folder / f".{name}.tmp"
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(sets), visual, dim))
+        for start in range(0, len(sets), batch):
+            chunk = [group[0].image for group in sets[start:start + batch]]
+            pixels = processor.image_processor(chunk, return_tensors="pt")["pixel_values"]
+            array[start:start + len(chunk)] = tower_features(model, pixels.to(model.dtype)).float().numpy()
+            if progress:
+                progress(f"{split} features", start + len(chunk), len(sets))
+        array.flush()
+        del array
+        os.replace(tmp, feat_file)
     meta["features"] = np.load(feat_file, mmap_mode="r")
     return meta
 
@@ -221,45 +233,83 @@ class _Trainable(torch.nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 
-    def logits(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, image_id: int) -> torch.Tensor:
+    def logits(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, image_id: int,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.lm.get_input_embeddings()(ids)
         visual = self.projector((features.float() - self.mean) / self.std)
         image = ids == image_id
         image &= image.cumsum(1) <= visual.shape[1]  # a generated placeholder stays text, as in generate()
         image = image.unsqueeze(-1)
         embeds = embeds.masked_scatter(image, visual.to(embeds.dtype))
-        hidden = self.lm(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        hidden = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
         return self.head(hidden)
 
 
-def _encode(processor: Any, questions: list[str], answers: list[str], visual: int) -> list[tuple[list[int], int]]:
-    """``(ids, n_prompt)`` per question: the prompt, then the answer and ``</s>``."""
+def _encode(processor: Any, data: dict[str, Any]) -> list[list[tuple[list[int], int]]]:
+    """Per image, ``(ids, n_prompt)`` for each of its questions: the prompt (:func:`prompt_ids`), then the
+    answer and ``</s>``."""
     tokenizer = processor.tokenizer
     eos = tokenizer.convert_tokens_to_ids("</s>")
-    out = []
-    for question, answer in zip(questions, answers):
-        prompt = prompt_ids(processor, question, visual)
-        out.append((prompt + tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos], len(prompt)))
-    return out
+    images: list[list[tuple[list[int], int]]] = [[] for _ in range(max(data["image"], default=-1) + 1)]
+    for row, question, answer in zip(data["image"], data["questions"], data["answers"]):
+        prompt = prompt_ids(processor, question, data["visual"])
+        images[row].append((prompt + tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos], len(prompt)))
+    return images
 
 
-def _batch(encoded: list[tuple[list[int], int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (-100 except on the answer and ``</s>``)."""
-    width = max(len(ids) for ids, _ in encoded)
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for row, (seq, n_prompt) in enumerate(encoded):
-        ids[row, :len(seq)] = torch.tensor(seq)
-        mask[row, :len(seq)] = 1
-        labels[row, n_prompt:len(seq)] = torch.tensor(seq[n_prompt:])
-    return ids, mask, labels
+def _pack(groups: list[list[tuple[list[int], int]]], visual: int, image_id: int, pad: int) -> dict[str, torch.Tensor]:
+    """A training batch of the questions of some images: ids, positions, attention mask, targets (the next
+    token where it is part of an answer, else -100) and ``image`` (each row's image in ``groups``).
+
+    When every prompt starts with the image (LLaVA's order), one row per image holds the image once and then
+    each of its questions: a 4-D additive mask lets a question see the image and itself (causally) but no
+    other question, and positions restart after the image for each question, so each question is computed
+    exactly as the single sequence ``<image> x N, question, answer`` that :func:`vistok.vlm.run.ask` feeds.
+    Otherwise (the question first) each question is its own right-padded row."""
+    shared = all(seq[:visual] == [image_id] * visual for group in groups for seq, _ in group)
+    if not shared:
+        flat = [(seq, n_prompt, g) for g, group in enumerate(groups) for seq, n_prompt in group]
+        width = max(len(seq) for seq, _, _ in flat)
+        ids = torch.full((len(flat), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        targets = torch.full_like(ids, -100)
+        for r, (seq, n_prompt, _) in enumerate(flat):
+            ids[r, :len(seq)] = torch.tensor(seq)
+            mask[r, :len(seq)] = 1
+            targets[r, n_prompt - 1:len(seq) - 1] = torch.tensor(seq[n_prompt:])
+        return {"ids": ids, "positions": None, "mask": mask, "targets": targets,
+                "image": torch.tensor([g for _, _, g in flat])}
+    width = visual + max(sum(len(seq) - visual for seq, _ in group) for group in groups)
+    rows = len(groups)
+    ids = torch.full((rows, width), pad, dtype=torch.long)
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    segment = torch.full((rows, width), -1, dtype=torch.long)  # 0: image, k: question k, -1: padding
+    targets = torch.full((rows, width), -100, dtype=torch.long)
+    for r, group in enumerate(groups):
+        ids[r, :visual] = image_id
+        positions[r, :visual] = torch.arange(visual)
+        segment[r, :visual] = 0
+        at = visual
+        for k, (seq, n_prompt) in enumerate(group, start=1):
+            text, n_text = seq[visual:], n_prompt - visual
+            end = at + len(text)
+            ids[r, at:end] = torch.tensor(text)
+            positions[r, at:end] = torch.arange(visual, visual + len(text))
+            segment[r, at:end] = k
+            targets[r, at + n_text - 1:end - 1] = torch.tensor(text[n_text:])
+            at = end
+    order = torch.arange(width)
+    causal = order[None, :, None] >= order[None, None, :]
+    same = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])
+    allowed = causal & same & (segment[:, None, :] >= 0)
+    mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    return {"ids": ids, "positions": positions, "mask": mask[:, None], "targets": targets,
+            "image": torch.arange(rows)}
 
 
-def _loss(net: _Trainable, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-          image_id: int) -> torch.Tensor:
-    logits = net.logits(features, ids, mask, image_id)
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+def _loss(net: _Trainable, features: torch.Tensor, batch: dict[str, torch.Tensor], image_id: int) -> torch.Tensor:
+    logits = net.logits(features[batch["image"]], batch["ids"], batch["mask"], image_id, batch["positions"])
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
                                              ignore_index=-100)
 
 
@@ -297,7 +347,8 @@ def _answers_from_features(net: _Trainable, processor: Any, data: dict[str, Any]
         for start in range(0, len(rows), batch):
             chunk = rows[start:start + batch]
             ids = torch.tensor([prompts[i] for i in chunk])
-            feats = (torch.from_numpy(np.asarray(data["features"][chunk])) if data["features"] is not None
+            feats = (torch.from_numpy(np.asarray(data["features"][[data["image"][i] for i in chunk]]))
+                     if data["features"] is not None
                      else net.mean.expand(len(chunk), data["visual"], -1))
             done = torch.zeros(len(chunk), dtype=torch.bool)
             new: list[list[int]] = [[] for _ in chunk]
@@ -341,9 +392,10 @@ def evaluate(model: Any, processor: Any, items: Iterable[Any], *, method: str | 
 
 # -- training -------------------------------------------------------------------------------------
 
-def train(out_dir: str | os.PathLike, *, steps: int = 2000, batch_size: int = 32, seed: int = 0,
-          train_questions: int = 3000, val_questions: int = 300, lr: float = 3e-3, weight_decay: float = 0.01,
-          warmup: int = 100, checkpoint_every: int = 200, resume: bool = False, tower: Any = "focus-vit-s14",
+def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 16, seed: int = 0,
+          train_images: int = 4000, questions_per_image: int = 6, describe: bool = True,
+          val_questions: int = 300, lr: float = 3e-3,
+          weight_decay: float = 0.01, warmup: int = 100, checkpoint_every: int = 200, resume: bool = False, tower: Any = "focus-vit-s14",
           feature_batch: int = 32, blind: bool = False, on_step: Callable[[int, float], None] | None = None,
           progress: Callable[[str, int, int], None] | None = None, **model_options: Any) -> dict[str, Any]:
     """Train the projector and language model of :func:`build` (``model_options``: hidden, layers, heads,
@@ -357,7 +409,8 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2000, batch_size: int = 32
     generator seeded with ``seed`` and the step number, and nothing else is random). ``on_step(step, loss)`` is called
     after each step; ``progress(what, done, total)`` reports feature caching. Returns the metrics."""
     out = Path(out_dir).expanduser()
-    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("train_questions", train_questions, 1),
+    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("train_images", train_images, 1),
+                             ("questions_per_image", questions_per_image, 1),
                              ("val_questions", val_questions, 0), ("checkpoint_every", checkpoint_every, 1),
                              ("warmup", warmup, 0), ("feature_batch", feature_batch, 1)):
         if not isinstance(value, int) or value < low:
@@ -366,7 +419,8 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2000, batch_size: int = 32
         raise TrainError(f"lr must be positive, got {lr!r}")
     if out.exists() and not out.is_dir():
         raise TrainError(f"{out}: exists and is not a folder; pass a folder for the model")
-    settings = {"steps": steps, "batch_size": batch_size, "seed": seed, "train_questions": train_questions,
+    settings = {"steps": steps, "batch_size": batch_size, "seed": seed, "train_images": train_images,
+                "questions_per_image": questions_per_image, "describe": describe,
                 "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "blind": blind,
                 "tower": str(tower) if isinstance(tower, (str, os.PathLike)) else type(tower).__name__,
                 **model_options}
@@ -389,17 +443,18 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2000, batch_size: int = 32
     image_id = int(model.config.image_token_id)
     pad = int(processor.tokenizer.pad_token_id)
     cache = out / "cache"
-    data = _cache_questions(model, processor, "train", train_questions, seed, cache, feature_batch, progress,
-                            not blind)
+    data = _cache_questions(model, processor, "train", train_images, seed, cache, feature_batch, progress,
+                            not blind, questions_per_image, describe)
     val = (_cache_questions(model, processor, "val", val_questions, seed + 1, cache, feature_batch, progress,
                             not blind) if val_questions else None)
-    encoded = _encode(processor, data["questions"], data["answers"], data["visual"])
-    feats = data["features"]
+    encoded = _encode(processor, data)
+    # in memory, float16: 3000 images of 256 x 384 are 0.6 GB
+    feats = torch.from_numpy(np.array(data["features"])) if not blind else None
     dim = int(model.config.vision_config.hidden_size)
     if blind:
         mean, std = torch.zeros(dim), torch.ones(dim)
     else:
-        stats = torch.from_numpy(np.asarray(feats[: min(len(feats), 2000)], dtype=np.float32)).flatten(0, 1)
+        stats = feats[: min(len(feats), 2000)].float().flatten(0, 1)
         mean, std = stats.mean(0), stats.std(0).clamp_min(1e-3)
     net = _Trainable(model, mean, std)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -414,12 +469,11 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2000, batch_size: int = 32
     for step in range(start, steps):
         rows = torch.randint(len(encoded), (batch_size,), generator=torch.Generator().manual_seed(
             seed * 1_000_003 + step)).tolist()
-        ids, mask, labels = _batch([encoded[r] for r in rows], pad)
-        features = (torch.zeros(batch_size, data["visual"], dim) if blind
-                    else torch.from_numpy(np.asarray(feats[rows], dtype=np.float32)))
+        batch = _pack([encoded[r] for r in rows], data["visual"], image_id, pad)
+        features = torch.zeros(batch_size, data["visual"], dim) if feats is None else feats[rows].float()
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup)
-        loss = _loss(net, features, ids, mask, labels, image_id)
+        loss = _loss(net, features, batch, image_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -452,3 +506,68 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2000, batch_size: int = 32
     if ckpt_file.is_file():
         ckpt_file.unlink()
     return metrics
+
+
+# -- the shipped model ----------------------------------------------------------------------------
+
+SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "shapes-vlm"
+_TOWER_PREFIX = "model.vision_tower."
+_PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def export(folder: str | os.PathLike, dest: str | os.PathLike = SHIPPED) -> Path:
+    """Write the small form of a trained folder into ``dest``: its configs, processor files and every weight
+    but the focus-vit-s14 tower's, in float16 (about 1 MB for the default model). :func:`shipped_folder`
+    rebuilds the full folder from it and the focus-vit-s14 weights."""
+    import safetensors.torch
+    import transformers
+
+    source, dest = Path(folder).expanduser(), Path(dest).expanduser()
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(source)
+    if not getattr(model.config.vision_config, "model_type", None) == "dinov2":
+        raise TrainError(f"{source}: not a small VLM with a DINOv2 tower")
+    dest.mkdir(parents=True, exist_ok=True)
+    state = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()
+             if not k.startswith(_TOWER_PREFIX)}
+    safetensors.torch.save_file(state, dest / "weights.safetensors")
+    for name in ("config.json", "generation_config.json", "metrics.json", *_PROCESSOR_FILES):
+        if (source / name).is_file():
+            (dest / name).write_bytes((source / name).read_bytes())
+    return dest
+
+
+def shipped_folder(source: str | os.PathLike = SHIPPED) -> Path:
+    """The shipped small VLM as an ordinary transformers folder (``from_pretrained`` loads it), built once
+    into the vistok cache (``$VISTOK_CACHE``) from the packaged weights and the focus-vit-s14 tower."""
+    import hashlib
+
+    import safetensors.torch
+    import transformers
+
+    from vistok.weights import focus_vit
+
+    source = Path(source)
+    weights = source / "weights.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{source}: no weights.safetensors; this vistok install has no shipped small VLM")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    target = focus_vit.cache_dir() / f"shapes-vlm-{digest}"
+    if (target / "model.safetensors").is_file():
+        return target
+    config = transformers.AutoConfig.from_pretrained(source)
+    model = transformers.LlavaForConditionalGeneration(config)
+    state = {k: v.float() for k, v in safetensors.torch.load_file(weights).items()}
+    state.update({_TOWER_PREFIX + k: v for k, v in focus_vit.build_backbone().state_dict().items()})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source}: the shipped weights do not fit the model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]})")
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    for name in ("generation_config.json", "metrics.json", *_PROCESSOR_FILES):
+        if (source / name).is_file():
+            (tmp / name).write_bytes((source / name).read_bytes())
+    if target.exists():  # another process finished first
+        return target
+    os.replace(tmp, target)
+    return target
