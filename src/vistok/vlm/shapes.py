@@ -17,7 +17,7 @@ shape       what shape is at the top left ?             a shape (cells hold one 
 count       how many circles are there ?                "0" .. "6"
 relation    is the red circle left of the blue star ?   yes / no (left of, right of, above, below)
 exists      is there a green triangle ?                 yes / no
-text        what word is written ? / what number ...    a word of :data:`WORDS` or "0" .. "9"  
+text        what word is written ? / what number ...    a word of :data:`WORDS` or "0" .. "9"
 ==========  ==========================================  =====================================
 
 The question mark is its own word, so ``question.split()`` gives words of :func:`vocabulary` and the answer
