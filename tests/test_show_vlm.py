@@ -253,3 +253,15 @@ def test_help_explains_both_modes():
     result = CliRunner().invoke(app, ["show", "--help"], env={"COLUMNS": "200"})
     text = " ".join(result.stdout.split())
     assert "--vlm" in text and "LLaMA-VID" in text and "--vlm shapes --reduce visionzip:64" in text
+
+
+def test_cli_video_errors_are_one_line(folders, tmp_path):
+    missing = tmp_path / "missing.mp4"
+    result = run(missing, "--vlm", folders["lvid"], "-q", "what?", "-o", tmp_path / "x.png", expect=1)
+    assert [line for line in result.stderr.splitlines() if line.strip()] == \
+        [f"error: {missing}: no such video file; check the path"]
+    clip = tmp_path / "clip.mp4"  # a video for a LLaVA model: not an image, refused before the model loads
+    clip.write_bytes(b"\x00\x00\x00 ftypisom")
+    result = run(clip, "--vlm", folders["llava"], "-r", "tome:8", "-o", tmp_path / "x.png", expect=1)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "clip.mp4" in lines[0], result.stderr

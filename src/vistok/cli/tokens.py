@@ -190,8 +190,7 @@ def show(
         error("--question needs --vlm MODEL: a LLaMA-VID folder (its context token's attention) or a LLaVA "
               "folder with --reduce METHOD:K (its answers)")
         raise typer.Exit(2)
-    video = vlm is not None and image.suffix.lower() in (".mp4", ".mkv", ".mov", ".avi", ".webm")
-    if not video:
+    if not (vlm is not None and _is_video_for_llama_vid(image, vlm)):
         try:
             probe_size(image, max_pixels=None)  # a bad file fails now, before the model loads
         except ImageError as exc:
@@ -219,6 +218,16 @@ def show(
         out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
+def _is_video_for_llama_vid(path: Path, model: str) -> bool:
+    """A video file given to a LLaMA-VID model (which reads it frame by frame; nothing else takes video)."""
+    try:
+        from vistok.vlm.llama_vid import VIDEO_SUFFIXES
+        from vistok.vlm.show import is_llama_vid
+    except ImportError:
+        return False
+    return path.suffix.lower() in VIDEO_SUFFIXES and is_llama_vid(model)
+
+
 def _draw_vlm(image: Path, model: str, reduce: list[str] | None, question: str | None) -> tuple[Any, list[str]]:
     """``vistok show --vlm``: the picture and the lines to print; one-line errors (exit 2 for a bad model or
     option, 1 for an image that cannot be read)."""
@@ -240,7 +249,16 @@ def _draw_vlm(image: Path, model: str, reduce: list[str] | None, question: str |
             if not question:
                 raise ValueError(f"{model} is a LLaMA-VID model: pass --question TEXT to draw its context token's "
                                  "attention for that question")
-            picture = show_context_attention(image, llama_vid.load(model), question)
+            frames: Any = image
+            if image.suffix.lower() in llama_vid.VIDEO_SUFFIXES:
+                from vistok.vlm.video import read_frames
+
+                try:
+                    frames = read_frames(image)
+                except (OSError, ValueError) as exc:
+                    error(str(exc))
+                    raise typer.Exit(1) from None
+            picture = show_context_attention(frames, llama_vid.load(model), question)
             attention = picture.info["attention"]
             frame, row, col = picture.info["peak"]
             where = f"frame {frame + 1}, " if attention.shape[0] > 1 else ""
