@@ -283,3 +283,26 @@ def test_export_then_shipped_folder_rebuilds_the_same_model(tmp_path, monkeypatc
         vlm.ask(model, proc, q.image, q.question, max_new_tokens=3).token_ids
     with pytest.raises(FileNotFoundError, match="no weights.safetensors"):
         small.shipped_folder(tmp_path / "nothing")
+
+
+def test_cli_llama_vid_tokens_train_and_bad_combinations(tmp_path):
+    from typer.testing import CliRunner
+
+    from vistok.cli import app
+
+    tower = tmp_path / "tower"
+    tiny_tower().save_pretrained(tower)
+    runner = CliRunner()
+    for args, message in ((["--grid", "2"], "--grid needs --tokens llama-vid"),
+                          (["--video"], "--video needs --tokens llama-vid"),
+                          (["--tokens", "few"], "--tokens must be full or llama-vid"),
+                          (["--tokens", "llama-vid", "--question-first"], "--question-first applies")):
+        result = runner.invoke(app, ["train-vlm", str(tmp_path / "x"), *args])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    args = ["train-vlm", str(tmp_path / "two"), "--tokens", "llama-vid", "--tower", str(tower), "--steps", "3",
+            "--batch-size", "2", "--train-images", "6", "--val-questions", "4", "--hidden", "32", "--layers", "1",
+            "--heads", "2", "--image-size", str(SIZE)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["val"]["questions"] == 4 and metrics["tokens_per_image"] == 2

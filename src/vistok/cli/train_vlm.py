@@ -43,6 +43,16 @@ def train_vlm_command(
                                                   "(early fusion; each question then needs its own pass over the "
                                                   "image, about six times the training cost).")] = False,
     image_size: Annotated[int, typer.Option(min=14, help="Image side in pixels ((side/14)^2 visual tokens).")] = 224,
+    tokens: Annotated[str, typer.Option(help="full: every visual token through the projector (LLaVA); llama-vid: "
+                                             "one context and one content token per image or frame (LLaMA-VID).")
+                      ] = "full",
+    grid: Annotated[int, typer.Option(min=1, help="llama-vid: content tokens per side (grid x grid).")] = 1,
+    context: Annotated[bool, typer.Option(help="llama-vid: keep the question-guided context token (--no-context: "
+                                               "content tokens alone, a query-blind pool).")] = True,
+    video: Annotated[bool, typer.Option("--video", help="llama-vid: train on clips of moving shapes (real video "
+                                                        "files) with temporal questions.")] = False,
+    frames: Annotated[int, typer.Option(min=2, help="--video: frames per clip.")] = 8,
+    train_clips: Annotated[int, typer.Option(min=1, help="--video: training clips.")] = 2000,
 ) -> None:
     """Train the small VLM: frozen focus-vit-s14 tower, projector and a small Llama, on vistok.vlm.shapes questions.
 
@@ -51,9 +61,28 @@ def train_vlm_command(
     Writes an ordinary transformers folder (LlavaForConditionalGeneration + processor) that `vistok vlm OUT
     image.png -p "question"` runs, plus OUT/metrics.json (val accuracy per kind). Ctrl-C or a kill loses at
     most --checkpoint-every steps: rerun with --resume.
+
+    With --tokens llama-vid: two tokens per image (vistok.vlm.llama_vid), e.g.
+    vistok train-vlm shapes-2tok --tokens llama-vid, or --video for clips at two tokens per frame.
     """
+    if tokens not in ("full", "llama-vid"):
+        error(f"--tokens must be full or llama-vid, got {tokens!r}")
+        raise typer.Exit(2)
+    two = tokens == "llama-vid"
+    used = [flag for flag, on in (("--grid", grid != 1), ("--no-context", not context), ("--video", video))
+            if on and not two]
+    if used:
+        error(f"{used[0]} needs --tokens llama-vid")
+        raise typer.Exit(2)
+    if two and question_first:
+        error("--question-first applies to --tokens full only")
+        raise typer.Exit(2)
     try:
-        from vistok.vlm.small import TrainError, train
+        if two:
+            from vistok.vlm.llama_vid import LlamaVidError as TrainError
+            from vistok.vlm.llama_vid import train_llama_vid as train
+        else:
+            from vistok.vlm.small import TrainError, train
     except ImportError as exc:
         error(f"vistok train-vlm needs torch and transformers ({exc}): pip install 'vistok[vlm]'")
         raise typer.Exit(2) from None
@@ -63,7 +92,11 @@ def train_vlm_command(
         questions_per_image=questions_per_image, describe=describe, val_questions=val_questions,
         lr=lr, warmup=warmup, checkpoint_every=checkpoint_every, resume=resume, blind=blind, tower=tower,
         projector=projector,
-        hidden=hidden, layers=layers, heads=heads, image_size=image_size, question_first=question_first)
+        hidden=hidden, layers=layers, heads=heads, image_size=image_size)
+    if two:
+        options.update(grid=grid, context=context, video=video, frames=frames, train_clips=train_clips)
+    else:
+        options["question_first"] = question_first
     if feature_layer is not None:
         options["feature_layer"] = feature_layer
     with progress_bar(steps + 1, stats=True, transient=False) as bar:
