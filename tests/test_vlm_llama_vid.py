@@ -17,16 +17,7 @@ transformers = pytest.importorskip("transformers")
 from vistok.vlm import llama_vid  # noqa: E402
 from vistok.vlm.llama_vid import ContextContent, LlamaVidError  # noqa: E402
 from vistok.vlm.shapes import questions  # noqa: E402
-
-SIZE = 56  # 4 x 4 patches of 14 pixels: 16 visual tokens
-TINY_LM = dict(hidden=32, layers=2, heads=2, image_size=SIZE)
-
-
-def tiny_tower(seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                       intermediate_size=64, image_size=SIZE, patch_size=14)
-    return transformers.Dinov2Model(config).eval()
+from vlm_tiny import SIZE, TINY_LM, tiny_tower  # noqa: E402
 
 
 def run(folder: Path, **options):

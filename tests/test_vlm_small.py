@@ -16,17 +16,7 @@ from vistok import vlm  # noqa: E402
 from vistok.vlm import small  # noqa: E402
 from vistok.vlm.run import ask, load  # noqa: E402
 from vistok.vlm.shapes import questions  # noqa: E402
-
-SIZE = 56  # 4 x 4 patches of 14 pixels: 16 visual tokens
-
-TINY_LM = dict(hidden=32, layers=2, heads=2, image_size=SIZE)
-
-
-def tiny_tower(seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                       intermediate_size=64, image_size=SIZE, patch_size=14)
-    return transformers.Dinov2Model(config).eval()
+from vlm_tiny import SIZE, TINY_LM, tiny_tower  # noqa: E402
 
 
 def run(folder: Path, **options):
@@ -306,3 +296,22 @@ def test_cli_llama_vid_tokens_train_and_bad_combinations(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["val"]["questions"] == 4 and metrics["tokens_per_image"] == 2
+
+
+def test_shipped_model_answers_held_out_test_questions(tmp_path, monkeypatch):
+    """vistok.vlm.load("shapes"): the packaged weights plus the focus-vit-s14 tower, an ordinary folder that
+    answers test questions (held-out colour-shape pairs included) far above the blind model."""
+    monkeypatch.setenv("VISTOK_CACHE", str(tmp_path))
+    shipped = json.loads((small.SHIPPED / "metrics.json").read_text())
+    assert shipped["settings"]["train_images"] == 4000 and not shipped["settings"]["blind"]
+    model, processor = vlm.load("shapes")
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert transformers.AutoProcessor.from_pretrained(small.shipped_folder()).tokenizer.vocab_size == \
+        processor.tokenizer.vocab_size
+    items = list(questions(60, seed=0, split="test"))
+    result = small.evaluate(model, processor, items)
+    assert result["accuracy"] >= 0.45  # the blind model gets 0.27 on the same split
+    assert result["per_kind"]["text"]["accuracy"] >= 0.6
+    with vlm.patch(model, "pool", factor=2) as handle:
+        vlm.ask(model, processor, items[0].image, items[0].question)
+    assert handle.stats == [{"image": 0, "views": 1, "before": 256, "after": 64}]

@@ -322,19 +322,12 @@ def _greedy(model: LlamaVidVLM, features: torch.Tensor, prompts: list[list[int]]
     query = torch.tensor(prompts)
     visual, _ = model.visual_tokens(features.float(), query)
     embed = model.model.language_model.get_input_embeddings()
-    ids = query
-    done = torch.zeros(len(prompts), dtype=torch.bool)
-    new: list[list[int]] = [[] for _ in prompts]
-    for _ in range(max_new):
+
+    def next_logits(ids: torch.Tensor) -> torch.Tensor:
         hidden = model.model.language_model(inputs_embeds=torch.cat([visual, embed(ids)], 1)).last_hidden_state
-        nxt = model.lm_head(hidden[:, -1]).argmax(-1)
-        for r, token in enumerate(nxt.tolist()):
-            if not done[r] and token != eos:
-                new[r].append(token)
-        done |= nxt == eos
-        if bool(done.all()):
-            break
-        ids = torch.cat([ids, nxt[:, None]], 1)
+        return model.lm_head(hidden[:, -1])
+
+    new = small.greedy(next_logits, query, eos, max_new)
     return [tokenizer.decode(n, skip_special_tokens=True).strip() for n in new]
 
 
@@ -540,20 +533,7 @@ def train_llama_vid(out_dir: str | os.PathLike, *, steps: int = 1000, batch_size
                 "tower": str(tower) if isinstance(tower, (str, os.PathLike)) else type(tower).__name__,
                 **({"frames": frames, "train_clips": train_clips} if video else
                    {"train_images": train_images, "questions_per_image": questions_per_image}), **model_options}
-    ckpt_file = out / small.CHECKPOINT
-    state = None
-    if resume:
-        if not ckpt_file.is_file():
-            raise LlamaVidError(f"{out}: no {small.CHECKPOINT} to resume from; run without resume to start")
-        state = torch.load(ckpt_file, weights_only=True)  # tensors, numbers, strings: no pickle code runs
-        if state["settings"] != settings:
-            changed = sorted(k for k in set(settings) | set(state["settings"])
-                             if settings.get(k) != state["settings"].get(k))
-            raise LlamaVidError(f"{out}: the checkpoint was made with other settings ({', '.join(changed)}); "
-                                "resume with the same options, or train into a new folder")
-    elif ckpt_file.is_file():
-        raise LlamaVidError(f"{out}: holds a checkpoint of an earlier run; pass resume to continue it, or use a "
-                            "new folder")
+    state = small.open_checkpoint(out, settings, resume, LlamaVidError)
     if video:
         from vistok.vlm.video import vocabulary
 
@@ -601,21 +581,14 @@ def train_llama_vid(out_dir: str | os.PathLike, *, steps: int = 1000, batch_size
         rows = [(q, i) for i in picks for q in encoded[i]]
         query, query_mask, text, text_mask, targets = _batch([q for q, _ in rows], visual_len, pad)
         features = feats[[i for _, i in rows]].float()
-        for group in optimizer.param_groups:
-            group["lr"] = small._lr(step, steps, lr, warmup)
         logits = model.logits(features, query, query_mask, text, text_mask)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(small.optimizer_step(optimizer, params, loss, small._lr(step, steps, lr, warmup)))
         done = step + 1
         if done % checkpoint_every == 0 and done < steps:
-            tmp = out / f".{small.CHECKPOINT}.tmp"
-            torch.save({"net": {k: p.state_dict() for k, p in parts.items()}, "optimizer": optimizer.state_dict(),
-                        "step": done, "losses": losses, "settings": settings}, tmp)
-            os.replace(tmp, ckpt_file)
+            small.save_checkpoint(out, {"net": {k: p.state_dict() for k, p in parts.items()},
+                                        "optimizer": optimizer.state_dict(), "step": done, "losses": losses,
+                                        "settings": settings})
         if on_step:
             on_step(done, losses[-1])
     model.eval()
@@ -638,6 +611,5 @@ def train_llama_vid(out_dir: str | os.PathLike, *, steps: int = 1000, batch_size
             cc.std.fill_(float("inf"))  # (x - mean) / inf = 0 for every image, as in training
     model.save(out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if ckpt_file.is_file():
-        ckpt_file.unlink()
+    (out / small.CHECKPOINT).unlink(missing_ok=True)
     return metrics

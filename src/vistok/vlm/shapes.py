@@ -474,13 +474,13 @@ def _check_split(split: object) -> None:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
 
 
-def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+def _check_kinds(kinds: Sequence[str], allowed: Sequence[str] = KINDS, what: str = "question") -> tuple[str, ...]:
     if isinstance(kinds, str):
         kinds = (kinds,)
     kinds = tuple(kinds)
     if not kinds:
-        raise ValueError(f"kinds is empty; pass some of {', '.join(KINDS)}")
-    unknown = [k for k in kinds if k not in KINDS]
+        raise ValueError(f"kinds is empty; pass some of {', '.join(allowed)}")
+    unknown = [k for k in kinds if k not in allowed]
     if unknown:
-        raise ValueError(f"unknown question kind {unknown[0]!r}; use some of {', '.join(KINDS)}")
+        raise ValueError(f"unknown {what} kind {unknown[0]!r}; use some of {', '.join(allowed)}")
     return kinds

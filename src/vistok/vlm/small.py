@@ -350,21 +350,28 @@ def _answers_from_features(net: _Trainable, processor: Any, data: dict[str, Any]
             feats = (torch.from_numpy(np.asarray(data["features"][[data["image"][i] for i in chunk]]))
                      if data["features"] is not None
                      else net.mean.expand(len(chunk), data["visual"], -1))
-            done = torch.zeros(len(chunk), dtype=torch.bool)
-            new: list[list[int]] = [[] for _ in chunk]
-            for _ in range(max_new):
-                logits = net.logits(feats, ids, torch.ones_like(ids), image_id)[:, -1]
-                nxt = logits.argmax(-1)
-                for r, token in enumerate(nxt.tolist()):
-                    if not done[r] and token != eos:
-                        new[r].append(token)
-                done |= nxt == eos
-                if bool(done.all()):
-                    break
-                ids = torch.cat([ids, nxt[:, None]], 1)
+            new = greedy(lambda x, f=feats: net.logits(f, x, torch.ones_like(x), image_id)[:, -1], ids, eos, max_new)
             for r, i in enumerate(chunk):
                 answers[i] = tokenizer.decode(new[r], skip_special_tokens=True).strip()
     return answers
+
+
+def greedy(next_logits: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, eos: int, max_new: int
+           ) -> list[list[int]]:
+    """Greedy decoding: ``next_logits(ids)`` gives (B, vocab) for the next token; returns each row's new tokens
+    up to ``</s>`` (not included), at most ``max_new``."""
+    done = torch.zeros(len(ids), dtype=torch.bool)
+    new: list[list[int]] = [[] for _ in range(len(ids))]
+    for _ in range(max_new):
+        nxt = next_logits(ids).argmax(-1)
+        for r, token in enumerate(nxt.tolist()):
+            if not done[r] and token != eos:
+                new[r].append(token)
+        done |= nxt == eos
+        if bool(done.all()):
+            break
+        ids = torch.cat([ids, nxt[:, None]], 1)
+    return new
 
 
 def score(answers: list[str], truth: list[str], kinds: list[str]) -> dict[str, Any]:
@@ -390,16 +397,58 @@ def evaluate(model: Any, processor: Any, items: Iterable[Any], *, method: str | 
     return result
 
 
+def open_checkpoint(out: Path, settings: dict[str, Any], resume: bool, error: type[Exception] = TrainError
+                    ) -> dict[str, Any] | None:
+    """The checkpoint in ``out`` to resume from (``resume``), or None for a fresh run. Raises ``error`` (one
+    line) when resuming without a checkpoint or with other ``settings``, or starting over an earlier run's."""
+    ckpt_file = out / CHECKPOINT
+    if not resume:
+        if ckpt_file.is_file():
+            raise error(f"{out}: holds a checkpoint of an earlier run; pass resume to continue it, or use a new "
+                        "folder")
+        return None
+    if not ckpt_file.is_file():
+        raise error(f"{out}: no {CHECKPOINT} to resume from; run without resume to start")
+    state = torch.load(ckpt_file, weights_only=True)  # tensors, numbers, strings: no pickle code runs
+    if state["settings"] != settings:
+        changed = sorted(k for k in set(settings) | set(state["settings"])
+                         if settings.get(k) != state["settings"].get(k))
+        raise error(f"{out}: the checkpoint was made with other settings ({', '.join(changed)}); resume with the "
+                    "same options, or train into a new folder")
+    return state
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], loss: torch.Tensor, lr: float
+                   ) -> float:
+    """One AdamW step at ``lr`` with the gradient norm clipped to 1; returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return loss.item()
+
+
+def save_checkpoint(out: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``out/checkpoint.pt`` atomically (a kill leaves the previous one whole)."""
+    tmp = out / f".{CHECKPOINT}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, out / CHECKPOINT)
+
+
 # -- training -------------------------------------------------------------------------------------
 
 def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 16, seed: int = 0,
           train_images: int = 4000, questions_per_image: int = 6, describe: bool = True,
           val_questions: int = 300, lr: float = 3e-3,
-          weight_decay: float = 0.01, warmup: int = 100, checkpoint_every: int = 200, resume: bool = False, tower: Any = "focus-vit-s14",
+          weight_decay: float = 0.01, warmup: int = 100, checkpoint_every: int = 200, resume: bool = False,
+          tower: Any = "focus-vit-s14",
           feature_batch: int = 32, blind: bool = False, on_step: Callable[[int, float], None] | None = None,
           progress: Callable[[str, int, int], None] | None = None, **model_options: Any) -> dict[str, Any]:
     """Train the projector and language model of :func:`build` (``model_options``: hidden, layers, heads,
-    projector, feature_layer, image_size ...) on ``train_questions`` questions of :mod:`vistok.vlm.shapes`
+    projector, feature_layer, image_size, question_first ...) on ``train_images`` images of
+    :mod:`vistok.vlm.shapes` with up to ``questions_per_image`` questions each (and a caption with ``describe``)
     for ``steps`` steps of ``batch_size``, then save the model and processor into ``out_dir`` and evaluate
     on ``val_questions`` of the val split (``metrics.json``). ``blind=True`` trains the same model without the
     image (every image enters as the same constant tokens; the saved projector ignores its input): the
@@ -424,20 +473,7 @@ def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 16
                 "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "blind": blind,
                 "tower": str(tower) if isinstance(tower, (str, os.PathLike)) else type(tower).__name__,
                 **model_options}
-    ckpt_file = out / CHECKPOINT
-    state = None
-    if resume:
-        if not ckpt_file.is_file():
-            raise TrainError(f"{out}: no {CHECKPOINT} to resume from; run without resume to start")
-        state = torch.load(ckpt_file, weights_only=True)  # tensors, numbers, strings: no pickle code runs
-        if state["settings"] != settings:
-            changed = sorted(k for k in set(settings) | set(state["settings"])
-                             if settings.get(k) != state["settings"].get(k))
-            raise TrainError(f"{out}: the checkpoint was made with other settings ({', '.join(changed)}); resume "
-                             "with the same options, or train into a new folder")
-    elif ckpt_file.is_file():
-        raise TrainError(f"{out}: holds a checkpoint of an earlier run; pass resume to continue it, or use a new "
-                         "folder")
+    state = open_checkpoint(out, settings, resume)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build(tower, seed=seed, **model_options)
     image_id = int(model.config.image_token_id)
@@ -471,20 +507,12 @@ def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 16
             seed * 1_000_003 + step)).tolist()
         batch = _pack([encoded[r] for r in rows], data["visual"], image_id, pad)
         features = torch.zeros(batch_size, data["visual"], dim) if feats is None else feats[rows].float()
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(step, steps, lr, warmup)
         loss = _loss(net, features, batch, image_id)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(optimizer, params, loss, _lr(step, steps, lr, warmup)))
         done = step + 1
         if done % checkpoint_every == 0 and done < steps:
-            tmp = out / f".{CHECKPOINT}.tmp"
-            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
-                        "losses": losses, "settings": settings}, tmp)
-            os.replace(tmp, ckpt_file)
+            save_checkpoint(out, {"net": net.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
+                                  "losses": losses, "settings": settings})
         if on_step:
             on_step(done, losses[-1])
     net.eval()
@@ -503,8 +531,7 @@ def train(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 16
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if ckpt_file.is_file():
-        ckpt_file.unlink()
+    (out / CHECKPOINT).unlink(missing_ok=True)
     return metrics
 
 

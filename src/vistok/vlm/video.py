@@ -128,15 +128,7 @@ def clips(n: int, *, seed: int = 0, split: str = "train", frames: int = 8, size:
 
 
 def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(kinds, str):
-        kinds = (kinds,)
-    kinds = tuple(kinds)
-    if not kinds:
-        raise ValueError(f"kinds is empty; pass some of {', '.join(VIDEO_KINDS)}")
-    unknown = [k for k in kinds if k not in VIDEO_KINDS]
-    if unknown:
-        raise ValueError(f"unknown video question kind {unknown[0]!r}; use some of {', '.join(VIDEO_KINDS)}")
-    return kinds
+    return shapes._check_kinds(kinds, VIDEO_KINDS, "video question")
 
 
 # ---------------------------------------------------------------------------------------------- questions
