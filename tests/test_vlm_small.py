@@ -286,16 +286,18 @@ def test_cli_llama_vid_tokens_train_and_bad_combinations(tmp_path):
     for args, message in ((["--grid", "2"], "--grid needs --tokens llama-vid"),
                           (["--video"], "--video needs --tokens llama-vid"),
                           (["--tokens", "few"], "--tokens must be full or llama-vid"),
+                          (["--tokens", "llama-vid", "--grid", "1x0"], "--grid must be G or RxC"),
                           (["--tokens", "llama-vid", "--question-first"], "--question-first applies")):
         result = runner.invoke(app, ["train-vlm", str(tmp_path / "x"), *args])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     args = ["train-vlm", str(tmp_path / "two"), "--tokens", "llama-vid", "--tower", str(tower), "--steps", "3",
             "--batch-size", "2", "--train-images", "6", "--val-questions", "4", "--hidden", "32", "--layers", "1",
-            "--heads", "2", "--image-size", str(SIZE)]
+            "--heads", "2", "--image-size", str(SIZE), "--grid", "1x2", "--no-context"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert metrics["val"]["questions"] == 4 and metrics["tokens_per_image"] == 2
+    assert metrics["val"]["questions"] == 4 and metrics["tokens_per_image"] == 2  # two pooled halves
+    assert metrics["settings"]["grid"] == [1, 2] and metrics["settings"]["context"] is False
 
 
 def test_shipped_model_answers_held_out_test_questions(tmp_path, monkeypatch):

@@ -46,7 +46,8 @@ def train_vlm_command(
     tokens: Annotated[str, typer.Option(help="full: every visual token through the projector (LLaVA); llama-vid: "
                                              "one context and one content token per image or frame (LLaMA-VID).")
                       ] = "full",
-    grid: Annotated[int, typer.Option(min=1, help="llama-vid: content tokens per side (grid x grid).")] = 1,
+    grid: Annotated[str, typer.Option(help="llama-vid: content tokens, G (G x G) or RxC (1x2: left and right "
+                                           "halves).")] = "1",
     context: Annotated[bool, typer.Option(help="llama-vid: keep the question-guided context token (--no-context: "
                                                "content tokens alone, a query-blind pool).")] = True,
     video: Annotated[bool, typer.Option("--video", help="llama-vid: train on clips of moving shapes (real video "
@@ -69,7 +70,12 @@ def train_vlm_command(
         error(f"--tokens must be full or llama-vid, got {tokens!r}")
         raise typer.Exit(2)
     two = tokens == "llama-vid"
-    used = [flag for flag, on in (("--grid", grid != 1), ("--no-context", not context), ("--video", video))
+    parts = grid.lower().split("x")
+    if len(parts) > 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        error(f"--grid must be G or RxC with positive integers (2, 1x2), got {grid!r}")
+        raise typer.Exit(2)
+    cells = (int(parts[0]), int(parts[-1]))
+    used = [flag for flag, on in (("--grid", cells != (1, 1)), ("--no-context", not context), ("--video", video))
             if on and not two]
     if used:
         error(f"{used[0]} needs --tokens llama-vid")
@@ -94,7 +100,7 @@ def train_vlm_command(
         projector=projector,
         hidden=hidden, layers=layers, heads=heads, image_size=image_size)
     if two:
-        options.update(grid=grid, context=context, video=video, frames=frames, train_clips=train_clips)
+        options.update(grid=cells, context=context, video=video, frames=frames, train_clips=train_clips)
     else:
         options["question_first"] = question_first
     if feature_layer is not None:
