@@ -147,11 +147,9 @@ def visual_tokens(model: Any, processor: Any, image: Any, text: str | None = Non
 
     family = family_of(model)
     prompt = text if text is not None else family_prompt(processor)
-    inputs = dict(processor(images=image, text=prompt, return_tensors="pt"))
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if isinstance(v, torch.Tensor)
-              else v for k, v in inputs.items()}
+    from vistok.vlm.run import on_model
+
+    inputs = on_model(model, processor(images=image, text=prompt, return_tensors="pt"))
     with torch.no_grad():
         views = family.encode(model, inputs, set())
         features, blocks = family.to_lm(model, views, [v.tokens for v in views])

@@ -99,11 +99,8 @@ def ask(model: Any, processor: Any, images: Any, prompt: str = "describe this im
     if not pictures:
         raise ValueError("ask needs at least one image")
     text = _prompt(processor, prompt, len(pictures))
-    inputs = dict(processor(images=pictures if len(pictures) > 1 else pictures[0], text=text,
-                            return_tensors="pt"))
-    first = next(model.parameters())
-    inputs = {k: (v.to(first.device, first.dtype) if v.is_floating_point() else v.to(first.device))
-              if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    inputs = on_model(model, processor(images=pictures if len(pictures) > 1 else pictures[0], text=text,
+                                       return_tensors="pt"))
     lm = model.model.language_model
     seen: list[tuple[int, float]] = []
 
@@ -131,6 +128,13 @@ def ask(model: Any, processor: Any, images: Any, prompt: str = "describe this im
                   positions_unreduced=int(inputs["input_ids"].shape[1]),
                   stats=handle.stats if handle is not None else [], method=method,
                   prefill_seconds=prefill_end - start, seconds=elapsed)
+
+
+def on_model(model: Any, inputs: Any) -> dict[str, Any]:
+    """A processor's outputs moved to ``model``'s device, floating tensors also to its dtype."""
+    first = next(model.parameters())
+    return {k: (v.to(first.device, first.dtype) if v.is_floating_point() else v.to(first.device))
+            if isinstance(v, torch.Tensor) else v for k, v in dict(inputs).items()}
 
 
 def _prompt(processor: Any, prompt: str, images: int) -> str:

@@ -38,13 +38,10 @@ def is_llama_vid(folder: Any) -> bool:
 
 def _inputs(model: Any, processor: Any, image: Any, question: str | None) -> dict[str, Any]:
     from vistok.vlm import family_prompt
-    from vistok.vlm.run import _prompt
+    from vistok.vlm.run import _prompt, on_model
 
     text = _prompt(processor, question, 1) if question else family_prompt(processor)
-    inputs = dict(processor(images=image, text=text, return_tensors="pt"))
-    first = next(model.parameters())
-    return {k: (v.to(first.device, first.dtype) if v.is_floating_point() else v.to(first.device))
-            if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return on_model(model, processor(images=image, text=text, return_tensors="pt"))
 
 
 def kept_tokens(model: Any, processor: Any, image: Any, method: str, *, keep: int | None = None,
