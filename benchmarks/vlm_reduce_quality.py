@@ -2,18 +2,19 @@
 budget, overall and per question kind, with the language model's prefill time.
 
 The model is the small LLaVA of :mod:`vistok.vlm.small` (``--model shapes``: the one shipped with vistok, or a
-folder written by ``vistok train-vlm``): a frozen focus-vit-s14 tower giving 256 visual tokens (224 px, patch
-14), a projector and a small Llama LM. The questions are ``vistok.vlm.shapes.questions(N, seed=0,
-split="test")`` (colour, shape, count, relation, exists, text; kinds cycle, so each has N/6). Every answer is
+folder written by ``vistok train-vlm``): a frozen focus-vit-s14 tower giving V visual tokens (the shipped
+model: 64 at 112 px, patch 14), a projector and a small Llama LM. The questions are
+``vistok.vlm.shapes.questions(N, seed=0, split="test")`` drawn at the model's image size (colour, shape,
+count, relation, exists, text; kinds cycle, so each has N/6). Every answer is
 ``vistok.vlm.run.ask(model, processor, image, question, method=M, keep=K, max_new_tokens=4)``, the pipeline
 ``vistok.vlm.small.evaluate`` runs (processor, tower, :func:`vistok.vlm.patch`, ``generate``), scored by exact
 match.
 
-Budgets are fractions 1/b of the visual tokens, ``keep = round(256 / b)`` (1/4: 64, 1/9: 28, 1/16: 16,
-1/64: 4). 1/1 is the unpatched model, the peer of every row: accuracy is also shown as a % of its accuracy,
-and prefill as its time over the row's ("speed-up"). Methods: every name in ``vistok.reduce_methods()`` plus
-FastV (inside the LM, after layer ``--fastv-layer``, default ``min(2, LM layers - 1)``: the 2-layer model
-prunes after layer 1). A method that cannot run on this model (``patch`` raises ``ValueError``/``TypeError``:
+Budgets are fractions 1/b of the V visual tokens, ``keep = max(1, round(V / b))`` (for 64 tokens, 1/4: 16,
+1/9: 7, 1/16: 4, 1/32: 2, 1/64: 1). 1/1 is the unpatched model, the peer of every row: accuracy is also shown
+as a % of its accuracy, and prefill as its time over the row's ("speed-up"). Methods: every name in
+``vistok.reduce_methods()`` plus FastV (inside the LM, after layer ``--fastv-layer``, default ``min(2, LM layers
+- 1)``: the shipped four-layer model prunes after layer 2). A method that cannot run on this model (``patch`` raises ``ValueError``/``TypeError``:
 a signal the tower lacks, a required option) is listed as skipped with its reason.
 
 The frozen tower runs once per image: :class:`TowerCache` wraps the tower's ``forward`` on this one model
@@ -23,7 +24,7 @@ ones the tower would give). Questions are the outer loop: each image's first, un
 the cache and must equal the cached unpatched answer (checked on every question; the test checks reduced
 answers against ``small.evaluate``). Prefill is ``Answer.prefill_seconds`` (``generate()`` until the end of the
 LM's first forward), median over questions; with the tower cached it is the reduction, the projector and the
-LM prefill. The tower's own time per image is printed beside the table. The small model's LM is tiny (2
+LM prefill. The tower's own time per image is printed beside the table. The small model's LM is tiny (4
 layers, 128 wide), so its prefill is mostly fixed per-call cost and a reduction's own work (capturing
 attention signals, the reducer) can outweigh the positions it saves: these speed-ups are not a large LM's
 (``vlm_prefill.py`` measures those).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,11 +15,13 @@ from vistok.cli._common import err, error, out, progress_bar
 def train_vlm_command(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for the model, processor, feature cache, "
                                                                 "checkpoint and metrics.json.")],
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 3000,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per step (each with its questions).")] = 16,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps. [default: 2500; llama-vid: 3000]")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step (each with its questions). "
+                                                               "[default: 32; llama-vid: 16]")] = None,
     seed: Annotated[int, typer.Option(help="Seed: same seed and options give the same model.")] = 0,
-    train_images: Annotated[int, typer.Option(min=1, help="Training images (their tower features are computed "
-                                                          "once and cached in OUT/cache).")] = 4000,
+    train_images: Annotated[int | None, typer.Option(min=1, help="Training images (their tower features are "
+                                                                 "computed once and cached in OUT/cache). "
+                                                                 "[default: 16000; llama-vid: 4000]")] = None,
     questions_per_image: Annotated[int, typer.Option(min=1, help="Questions asked of each training image (one "
                                                                  "per kind, at most 6).")] = 6,
     describe: Annotated[bool, typer.Option(help="Also train on a caption of each image (every object in reading "
@@ -35,14 +38,16 @@ def train_vlm_command(
     "focus-vit-s14",
     projector: Annotated[str, typer.Option(help="mlp (LLaVA's 2-layer GELU) or linear (PaliGemma's).")] = "mlp",
     hidden: Annotated[int, typer.Option(min=8, help="Language model width.")] = 128,
-    layers: Annotated[int, typer.Option(min=1, help="Language model layers.")] = 2,
+    layers: Annotated[int | None, typer.Option(min=1, help="Language model layers. [default: 4; llama-vid: 2]")
+                      ] = None,
     heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
     feature_layer: Annotated[int | None, typer.Option(help="Tower hidden_states index fed to the projector "
                                                            "(default 9 for focus-vit-s14, else -1).")] = None,
     question_first: Annotated[bool, typer.Option("--question-first", help="Write the question before the image "
                                                   "(early fusion; each question then needs its own pass over the "
                                                   "image, about six times the training cost).")] = False,
-    image_size: Annotated[int, typer.Option(min=14, help="Image side in pixels ((side/14)^2 visual tokens).")] = 224,
+    image_size: Annotated[int | None, typer.Option(min=14, help="Image side in pixels ((side/14)^2 visual "
+                                                                "tokens). [default: 112; llama-vid: 224]")] = None,
     tokens: Annotated[str, typer.Option(help="full: every visual token through the projector (LLaVA); llama-vid: "
                                              "one context and one content token per image or frame (LLaMA-VID).")
                       ] = "full",
@@ -94,18 +99,19 @@ def train_vlm_command(
         raise typer.Exit(2) from None
 
     options: dict[str, Any] = dict(
-        steps=steps, batch_size=batch_size, seed=seed, train_images=train_images,
-        questions_per_image=questions_per_image, describe=describe, val_questions=val_questions,
+        seed=seed, questions_per_image=questions_per_image, describe=describe, val_questions=val_questions,
         lr=lr, warmup=warmup, checkpoint_every=checkpoint_every, resume=resume, blind=blind, tower=tower,
-        projector=projector,
-        hidden=hidden, layers=layers, heads=heads, image_size=image_size)
+        projector=projector, hidden=hidden, heads=heads)
+    given = dict(steps=steps, batch_size=batch_size, train_images=train_images, layers=layers, image_size=image_size)
+    options.update({name: value for name, value in given.items() if value is not None})  # else the trainer's default
+    total = steps or inspect.signature(train).parameters["steps"].default
     if two:
         options.update(grid=cells, context=context, video=video, frames=frames, train_clips=train_clips)
     else:
         options["question_first"] = question_first
     if feature_layer is not None:
         options["feature_layer"] = feature_layer
-    with progress_bar(steps + 1, stats=True, transient=False) as bar:
+    with progress_bar(total + 1, stats=True, transient=False) as bar:
         tasks: dict[str, Any] = {}
 
         def on_features(what: str, done: int, total: int) -> None:
@@ -115,7 +121,7 @@ def train_vlm_command(
 
         def on_step(step: int, loss: float) -> None:
             if "train" not in tasks:
-                tasks["train"] = bar.add_task("training", total=steps, stats="", completed=step - 1)
+                tasks["train"] = bar.add_task("training", total=total, stats="", completed=step - 1)
             bar.update(tasks["train"], completed=step, stats=f"loss {loss:.3f}")
 
         try:

@@ -488,8 +488,8 @@ def _trainable(model: LlamaVidVLM) -> dict[str, nn.Module]:
             "lm_head": model.lm_head}
 
 
-def train_llama_vid(out_dir: str | os.PathLike, *, steps: int = 1000, batch_size: int = 16, seed: int = 0,
-                    train_images: int = 1000, questions_per_image: int = 6, val_questions: int = 300,
+def train_llama_vid(out_dir: str | os.PathLike, *, steps: int = 3000, batch_size: int = 16, seed: int = 0,
+                    train_images: int = 4000, questions_per_image: int = 6, val_questions: int = 300,
                     lr: float = 3e-3, weight_decay: float = 0.01, warmup: int = 100, checkpoint_every: int = 200,
                     resume: bool = False, tower: Any = "focus-vit-s14", feature_batch: int = 32,
                     grid: int | Sequence[int] = 1, projector: str = "mlp", context: bool = True,
