@@ -13,9 +13,10 @@ match.
 Budgets are fractions 1/b of the V visual tokens, ``keep = max(1, round(V / b))`` (for 64 tokens, 1/4: 16,
 1/9: 7, 1/16: 4, 1/32: 2, 1/64: 1). 1/1 is the unpatched model, the peer of every row: accuracy is also shown
 as a % of its accuracy, and prefill as its time over the row's ("speed-up"). Methods: every name in
-``vistok.reduce_methods()`` plus FastV (inside the LM, after layer ``--fastv-layer``, default ``min(2, LM layers
-- 1)``: the shipped four-layer model prunes after layer 2). A method that cannot run on this model (``patch`` raises ``ValueError``/``TypeError``:
-a signal the tower lacks, a required option) is listed as skipped with its reason.
+``vistok.reduce_methods()`` plus FastV (inside the LM, after layer ``--fastv-layer``, default
+``min(2, LM layers - 1)``: the shipped four-layer model prunes after layer 2). A method that cannot run on
+this model (``patch`` raises ``ValueError``/``TypeError``: a signal the tower lacks, a required option) is
+listed as skipped with its reason.
 
 The frozen tower runs once per image: :class:`TowerCache` wraps the tower's ``forward`` on this one model
 instance and serves its stored output when the same pixels come again with the same arguments (patches that

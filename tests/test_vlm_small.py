@@ -267,7 +267,13 @@ def test_export_then_shipped_folder_rebuilds_the_same_model(tmp_path, monkeypatc
     model, proc = small.build(**TINY_LM)
     model.save_pretrained(tmp_path / "trained")
     proc.save_pretrained(tmp_path / "trained")
+    metrics = {"settings": {"steps": 2}, "loss_first": 4.0, "loss_last": 1.0, "losses": [4.0, 1.0],
+               "val": {"accuracy": 0.5, "questions": 2, "per_kind": {}, "answers": ["red", "no"]}}
+    (tmp_path / "trained" / "metrics.json").write_text(json.dumps(metrics))
     small.export(tmp_path / "trained", tmp_path / "ship")
+    shipped = json.loads((tmp_path / "ship" / "metrics.json").read_text())  # the summary, not every loss
+    assert shipped == {"settings": {"steps": 2}, "loss_first": 4.0, "loss_last": 1.0,
+                       "val": {"accuracy": 0.5, "questions": 2, "per_kind": {}}}
     size = sum(f.stat().st_size for f in (tmp_path / "ship").iterdir())
     assert size < 200_000  # the 21 M-parameter tower is not in it
     folder = small.shipped_folder(tmp_path / "ship")

@@ -443,6 +443,7 @@ def save_checkpoint(out: Path, state: dict[str, Any]) -> None:
 #: visual tokens, so the tower caches 16,000 images in about 6 minutes on 2 cores) and a four-layer LM.
 RECIPE: dict[str, Any] = {"image_size": 112, "layers": 4}
 
+
 def train(out_dir: str | os.PathLike, *, steps: int = 2500, batch_size: int = 32, seed: int = 0,
           train_images: int = 16000, questions_per_image: int = 6, describe: bool = True,
           val_questions: int = 300, lr: float = 3e-3,
@@ -451,8 +452,8 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2500, batch_size: int = 32
           feature_batch: int = 32, blind: bool = False, on_step: Callable[[int, float], None] | None = None,
           progress: Callable[[str, int, int], None] | None = None, **model_options: Any) -> dict[str, Any]:
     """Train the projector and language model of :func:`build` (``model_options``: hidden, layers, heads,
-    projector, feature_layer, image_size, question_first ...; :data:`RECIPE` fills those not given) on ``train_images`` images of
-    :mod:`vistok.vlm.shapes` with up to ``questions_per_image`` questions each (and a caption with ``describe``)
+    projector, feature_layer, image_size, question_first ...; :data:`RECIPE` fills those not given) on
+    ``train_images`` images of :mod:`vistok.vlm.shapes` with up to ``questions_per_image`` questions each (and a caption with ``describe``)
     for ``steps`` steps of ``batch_size``, then save the model and processor into ``out_dir`` and evaluate
     on ``val_questions`` of the val split (``metrics.json``). ``blind=True`` trains the same model without the
     image (every image enters as the same constant tokens; the saved projector ignores its input): the
@@ -562,9 +563,15 @@ def export(folder: str | os.PathLike, dest: str | os.PathLike = SHIPPED) -> Path
     state = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()
              if not k.startswith(_TOWER_PREFIX)}
     safetensors.torch.save_file(state, dest / "weights.safetensors")
-    for name in ("config.json", "generation_config.json", "metrics.json", *_PROCESSOR_FILES):
+    for name in ("config.json", "generation_config.json", *_PROCESSOR_FILES):
         if (source / name).is_file():
             (dest / name).write_bytes((source / name).read_bytes())
+    if (source / "metrics.json").is_file():  # the summary: settings, first and last loss, val scores
+        metrics = json.loads((source / "metrics.json").read_text())
+        metrics.pop("losses", None)
+        if isinstance(metrics.get("val"), dict):
+            metrics["val"].pop("answers", None)
+        (dest / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return dest
 
 
