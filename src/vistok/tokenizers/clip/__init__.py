@@ -27,7 +27,8 @@ The code: :mod:`.config` (options, finding the checkpoint), :mod:`.hf_backend`, 
 is cut short or damaged is named in a one-line error (:mod:`vistok.weights.checkpoints`); an image whose
 preprocessing would exceed :data:`vistok.preprocess.MAX_WORKING_PIXELS` is refused on its own.
 
-What the patch tokens are, exactly (each library's own definition, so the tests can compare to it):
+What the patch tokens are, exactly (each library's own definition, so the tests can compare to it), with the
+default ``layer=-1``:
 
 - transformers: ``last_hidden_state`` of the vision tower without its first (class) token. For CLIP
   that is the last encoder layer *before* ``post_layernorm``; for SigLIP it is *after* ``post_layernorm``
@@ -35,6 +36,12 @@ What the patch tokens are, exactly (each library's own definition, so the tests 
 - open_clip: ``visual.forward_intermediates(indices=1, normalize_intermediates=True)``, the last block's
   tokens after the tower's final norm: the same tokens ``visual.output_tokens = True`` returns for
   open_clip ViTs (what open_clip issue #458 asked for), and also available for timm image towers.
+
+``layer=k`` (any other ``hidden_states`` index) gives the raw hidden state after layer ``k`` instead, with no
+final norm (open_clip: ``forward_intermediates(indices=[k - 1])``; the embeddings, ``k = 0``, only with
+transformers), and ``select="full"`` keeps the class token as token 0: together they give exactly what LLaVA's
+projector receives (``hidden_states[vision_feature_layer]``, ``vision_feature_select_strategy``), while the
+default gives PaliGemma's (``last_hidden_state``). See :class:`~vistok.tokenizers.clip.config.ClipConfig`.
 """
 
 from __future__ import annotations

@@ -12,10 +12,11 @@ from vistok.hub import HUB_ID, from_cache_or_hub
 from vistok.preprocess import Preprocess
 from vistok.weights.checkpoints import WEIGHT_SUFFIXES
 
-__all__ = ["ClipConfig", "SiglipConfig", "Family", "CLIP", "SIGLIP", "Spec", "BACKENDS", "locate", "read_json",
-           "pair", "override"]
+__all__ = ["ClipConfig", "SiglipConfig", "Family", "CLIP", "SIGLIP", "Spec", "BACKENDS", "SELECT", "locate",
+           "read_json", "pair", "override"]
 
 BACKENDS = ("transformers", "open_clip")
+SELECT = ("default", "full")
 
 
 @dataclass
@@ -34,6 +35,22 @@ class ClipConfig:
     ``[height, width]`` resizes exactly), crop (an int or ``[height, width]`` centre crop; 0 disables
     it), resample (nearest, bilinear, bicubic, lanczos), rescale, mean, std.
 
+    layer: the vision tower's hidden state the tokens come from, indexed like transformers' ``hidden_states``
+    (``N + 1`` entries for ``N`` layers: 0 = the embeddings, ``k`` = after layer ``k``, negative counts from
+    the end). ``-1`` (or ``N``) is the library's own final output, as before these options existed:
+    transformers' ``last_hidden_state``, which for CLIP *is* ``hidden_states[-1]`` (before
+    ``post_layernorm``) and for SigLIP is ``post_layernorm(hidden_states[-1])``; open_clip's last block
+    after the final norm. Every other layer is the raw ``hidden_states[layer]`` (no final norm). So the
+    tokens are what a VLM's projector receives: LLaVA feeds ``hidden_states[vision_feature_layer]``
+    (LLaVA-1.5: ``-2``, so ``layer=-2``); PaliGemma feeds ``vision_tower(pixel_values).last_hidden_state``
+    (post-LN: ``layer=-1``). The open_clip backend gives block outputs only, not layer 0.
+
+    select: as transformers' ``vision_feature_select_strategy``: ``"default"`` drops the class token (patch
+    tokens on the grid; the class token of the same layer is ``extras["cls"]``), ``"full"`` keeps it as
+    token 0 (the tokens then carry boxes and a source map instead of a grid). On a tower without a class
+    token (SigLIP's) ``"full"`` gives the same tokens as ``"default"``. The ``embedding`` extra is always the model's
+    image embedding, whatever the layer.
+
     batch_size: images per forward pass in ``encode``. device: torch device for the model.
     """
 
@@ -47,6 +64,8 @@ class ClipConfig:
     rescale: float | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    layer: int = -1
+    select: str = "default"
     batch_size: int = 16
     device: str = "cpu"
 
@@ -81,6 +100,8 @@ class Spec:
     patch: tuple[int, int]           # (height, width) of one patch in pixels
     image_size: tuple[int, int]      # (height, width) the position table was trained for
     detail: dict[str, Any]           # backend-specific facts (model type, configs, weight file)
+    layers: int | None = None        # layers (blocks) of the vision tower; None when unknown
+    class_token: bool = False        # whether the vision tower has a class token
 
 
 def locate(name: str, model: str | None, patterns: list[str]) -> Path:

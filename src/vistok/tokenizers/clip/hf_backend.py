@@ -1,6 +1,7 @@
 """The ``transformers`` backend of ``clip``/``siglip``: a folder written by ``CLIPModel``/``SiglipModel``
 ``.save_pretrained`` (``config.json``, ``model.safetensors``, ``preprocessor_config.json`` and the text tokenizer
-files), as on the hub. Patch tokens: the vision tower's ``last_hidden_state`` without its class token."""
+files), as on the hub. Patch tokens: the vision tower's ``last_hidden_state`` (``layer=-1``) or
+``hidden_states[layer]``, without its class token."""
 
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def hf_spec(cfg: ClipConfig, family: Family) -> Spec:
     image_size = pair(full.vision_config.image_size)
     preprocessing = hf_preprocess(path, cfg, family)
     return Spec(path, preprocessing, patch, image_size,
-                 detail={"model_type": model_type, "text_max_length": full.text_config.max_position_embeddings})
+                detail={"model_type": model_type, "text_max_length": full.text_config.max_position_embeddings},
+                layers=int(full.vision_config.num_hidden_layers), class_token=model_type == CLIP.hf_model_type)
 
 
 class HFModel:
@@ -120,12 +122,15 @@ class HFModel:
         self.spec, self.family = spec, family
         self._text_tokenizer = None
 
-    def images(self, pixels: Any) -> tuple[Any, Any, Any]:
-        """``(B,3,H,W)`` -> patch maps ``(B, rows, cols, D)``, class token ``(B, D)`` or None, embedding."""
+    def images(self, pixels: Any, block: int) -> tuple[Any, Any, Any]:
+        """``(B,3,H,W)`` -> patch maps ``(B, rows, cols, D)``, class token ``(B, D)`` or None, embedding; the
+        tokens of ``hidden_states[block]``, or ``last_hidden_state`` for the last block (SigLIP: post-LN)."""
         rows, cols = pixels.shape[2] // self.spec.patch[0], pixels.shape[3] // self.spec.patch[1]
         interpolate = (pixels.shape[2], pixels.shape[3]) != self.spec.image_size
-        out = self.model.get_image_features(pixel_values=pixels.to(self.device), interpolate_pos_encoding=interpolate)
-        hidden = out.last_hidden_state
+        last = block == self.spec.layers
+        out = self.model.get_image_features(pixel_values=pixels.to(self.device), interpolate_pos_encoding=interpolate,
+                                            output_hidden_states=not last)
+        hidden = out.last_hidden_state if last else out.hidden_states[block]
         prefix = hidden.shape[1] - rows * cols
         maps = hidden[:, prefix:].reshape(hidden.shape[0], rows, cols, hidden.shape[2])
         return maps, hidden[:, 0] if prefix == 1 else None, out.pooler_output

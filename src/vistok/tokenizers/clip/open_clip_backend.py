@@ -1,7 +1,8 @@
 """The ``open_clip`` backend of ``clip``/``siglip`` (OpenCLIP, Ilharco et al. 2021; Cherti et al., CVPR 2023): a
 folder holding ``open_clip_config.json`` and ``open_clip_model.safetensors`` (the hub layout), or one checkpoint
 file plus ``open_clip_arch`` (a built-in architecture name or a JSON model config). Patch tokens:
-``visual.forward_intermediates(indices=1, normalize_intermediates=True)``, the last block after the final norm."""
+``visual.forward_intermediates(indices=1, normalize_intermediates=True)``, the last block after the final norm
+(``layer=-1``), or ``indices=[layer - 1]`` without the final norm: the output of another block."""
 
 from __future__ import annotations
 
@@ -104,12 +105,12 @@ def open_clip_spec(cfg: ClipConfig, family: Family) -> Spec:
     vision = model_cfg.get("vision_cfg", {})
     image_size = pair(vision.get("image_size", 224))
     if vision.get("timm_model_name"):
-        patch = _timm_patch(vision["timm_model_name"])
+        patch, layers, class_token = _timm_tower(vision["timm_model_name"])
     elif isinstance(vision.get("layers"), (list, tuple)):
         raise ValueError(f"{path}: the image tower is a ResNet, which has no patch tokens; the clip/siglip "
                          "tokenizers need a ViT image tower (use the cnn tokenizer for feature maps)")
     else:
-        patch = pair(vision.get("patch_size", 16))
+        patch, layers, class_token = pair(vision.get("patch_size", 16)), int(vision.get("layers", 12)), True
     pp = merge_preprocess_dict(PreprocessCfg(), {**pp_cfg, "size": image_size})
     interpolation = resample_name(pp["interpolation"])
     if interpolation is None:
@@ -132,7 +133,8 @@ def open_clip_spec(cfg: ClipConfig, family: Family) -> Spec:
         raise ValueError(f"open_clip ViTs take exactly {image_size[1]}x{image_size[0]} inputs, but the preprocessing "
                          f"overrides give {got}; keep the checkpoint's size and crop")
     return Spec(path, preprocessing, patch, image_size,
-                 detail={"weights": str(weights), "model_cfg": model_cfg, "tokenizer": tokenizer_source})
+                detail={"weights": str(weights), "model_cfg": model_cfg, "tokenizer": tokenizer_source},
+                layers=layers, class_token=class_token)
 
 
 def _fixed_output(pp: Preprocess) -> tuple[int, int] | None:
@@ -144,8 +146,9 @@ def _fixed_output(pp: Preprocess) -> tuple[int, int] | None:
     return None
 
 
-def _timm_patch(timm_name: str) -> tuple[int, int]:
-    """Patch size of a timm ViT, read from the model built on the meta device (no weights, no memory)."""
+def _timm_tower(timm_name: str) -> tuple[tuple[int, int], int | None, bool]:
+    """Patch size, number of blocks (None when the tower has no ``blocks``) and whether it has a class token, of
+    a timm ViT, read from the model built on the meta device (no weights, no memory)."""
     import timm
     import torch
 
@@ -155,7 +158,8 @@ def _timm_patch(timm_name: str) -> tuple[int, int]:
     if embed is None or not hasattr(embed, "patch_size"):
         raise ValueError(f"timm image tower {timm_name!r} has no patch embedding; "
                          "the clip/siglip tokenizers need a ViT")
-    return pair(embed.patch_size)
+    blocks = getattr(trunk, "blocks", None)
+    return pair(embed.patch_size), None if blocks is None else len(blocks), bool(getattr(trunk, "has_class_token", 0))
 
 
 class OpenClipModel:
@@ -193,14 +197,17 @@ class OpenClipModel:
         self.spec, self.family = spec, family
         self._text_tokenizer = None
 
-    def images(self, pixels: Any) -> tuple[Any, Any, Any]:
+    def images(self, pixels: Any, block: int) -> tuple[Any, Any, Any]:
+        """``(B,3,H,W)`` -> patch maps ``(B, rows, cols, D)``, class token ``(B, D)`` or None, embedding; the
+        output of block ``block`` (1 = the first; the last one after the final norm)."""
+        last = block == self.spec.layers
         out = self.model.visual.forward_intermediates(
-            pixels.to(self.device), indices=1, normalize_intermediates=True, output_fmt="NCHW",
-            output_extra_tokens=True,
+            pixels.to(self.device), indices=1 if last else [block - 1], normalize_intermediates=last,
+            output_fmt="NCHW", output_extra_tokens=True,
         )
         maps = out["image_intermediates"][-1].permute(0, 2, 3, 1)
         prefix = out.get("image_intermediates_prefix")
-        cls = prefix[-1][:, 0] if prefix and prefix[-1].shape[1] >= 1 else None
+        cls = prefix[-1][:, 0] if self.spec.class_token and prefix and prefix[-1].shape[1] >= 1 else None
         return maps, cls, out["image_features"]
 
     def texts(self, texts: list[str]) -> Any:

@@ -12,7 +12,7 @@ import numpy as np
 
 from vistok.images import ImageInput
 from vistok.preprocess import Preprocess, batches, preprocess, sized_inputs
-from vistok.tokenizers.clip.config import BACKENDS, ClipConfig, Family, Spec
+from vistok.tokenizers.clip.config import BACKENDS, SELECT, SIGLIP, ClipConfig, Family, Spec
 from vistok.tokenizers.clip.hf_backend import HFModel, hf_spec
 from vistok.tokenizers.clip.open_clip_backend import OpenClipModel, open_clip_spec
 from vistok.tokens import Tokens
@@ -32,6 +32,13 @@ class ContrastiveTokenizer:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {config.backend!r}")
         if not isinstance(config.batch_size, int) or config.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {config.batch_size!r}")
+        if isinstance(config.layer, bool) or not isinstance(config.layer, (int, np.integer)):
+            raise ValueError(f"layer must be an integer hidden_states index (-1 = the last layer, -2 = the one "
+                             f"before, 0 = the embeddings), got {config.layer!r}")
+        if config.select not in SELECT:
+            raise ValueError(f"select must be one of {', '.join(map(repr, SELECT))} ('default' drops the class "
+                             f"token, 'full' keeps it as token 0), got {config.select!r}")
+        config.layer = int(config.layer)  # a numpy integer too, so that the metadata stays JSON
         self.config = config
         self.family = family
         self.name = family.name
@@ -49,6 +56,29 @@ class ContrastiveTokenizer:
         """The :class:`~vistok.preprocess.Preprocess` applied to every image."""
         return self.spec.preprocessing
 
+    @cached_property
+    def block(self) -> int | None:
+        """``layer`` as an index in ``0..N`` into the ``N + 1`` hidden states (``N``: the last; None when the
+        tower's depth is unknown and ``layer=-1``), checked against the checkpoint's config (no weights)."""
+        layer, n = int(self.config.layer), self.spec.layers
+        if n is None:
+            if layer != -1:
+                raise ValueError(f"layer={layer}: the number of layers of this image tower is unknown, so only "
+                                 "layer=-1 (its final tokens) is supported")
+            return None
+        if not -(n + 1) <= layer <= n:
+            raise ValueError(f"layer={layer} is out of range: the vision tower has {n} layers, so layer must lie in "
+                             f"{-(n + 1)}..{n} (0 = the embeddings, -1 = the last layer)")
+        index = layer % (n + 1)
+        if index == 0 and self.config.backend == "open_clip":
+            raise ValueError(f"layer={layer} (the embeddings, before the first block) is not supported by the "
+                             f"open_clip backend, which returns block outputs only; use 1..{n} or {-n}..-1")
+        return index
+
+    def _full(self) -> bool:
+        """Whether the class token is token 0 (``select='full'`` on a tower that has one)."""
+        return self.config.select == "full" and self.spec.class_token
+
     def grid(self, width: int, height: int) -> tuple[int, int]:
         """``(rows, cols)`` of patch tokens for an image of this size."""
         for label, value in (("width", width), ("height", height)):
@@ -58,14 +88,17 @@ class ContrastiveTokenizer:
         return out_h // self.spec.patch[0], out_w // self.spec.patch[1]
 
     def count(self, width: int, height: int) -> int:
-        """Patch tokens for an image of this size: ``(H/p) * (W/p)`` of the preprocessed input, e.g.
-        ``(224/16)^2 = 196``. The class token (CLIP) is not counted: it comes as the ``cls`` extra. Reads
-        the checkpoint's config files, not its weights."""
+        """Tokens for an image of this size: ``(H/p) * (W/p)`` patches of the preprocessed input, e.g.
+        ``(224/16)^2 = 196``, plus the class token with ``select='full'`` (CLIP; with ``'default'`` it comes as
+        the ``cls`` extra). Reads the checkpoint's config files, not its weights."""
         rows, cols = self.grid(width, height)
-        return rows * cols
+        _ = self.block  # checks the layer
+        return rows * cols + self._full()
 
     def check(self) -> None:
-        """Find and load the weights now (``encode`` does it lazily); raises a clear error otherwise."""
+        """Check the options, find and load the weights now (``encode`` does it lazily); raises a clear error
+        otherwise."""
+        _ = self.block
         self._loaded()
 
     def _loaded(self) -> HFModel | OpenClipModel:
@@ -80,9 +113,11 @@ class ContrastiveTokenizer:
         An image whose preprocessing would exceed the working-size bound (a 20000x1 strip resized to a shortest
         side of 224) raises :class:`~vistok.images.ImageError` before the weights load or anything is resized.
 
-        values: patch tokens ``(rows*cols, D)`` on the grid; extras: ``embedding`` (the projected image
-        embedding, as ``get_image_features`` / ``encode_image`` give it, not normalised) and ``cls``
-        (the class token's final state) where the model has one.
+        values: patch tokens ``(rows*cols, D)`` of hidden state ``layer`` on the grid; extras: ``embedding``
+        (the projected image embedding, as ``get_image_features`` / ``encode_image`` give it, not normalised)
+        and ``cls`` (the class token at the same layer) where the model has one. With ``select='full'`` the
+        class token is token 0 instead: ``(1 + rows*cols, D)`` with boxes (the class token's is the part of the
+        image the model saw, each patch's its cell, in source pixels) and a source map over the grid.
         """
         if isinstance(images, (list, tuple)):
             return self._encode_many(list(images))
@@ -92,23 +127,43 @@ class ContrastiveTokenizer:
         import torch
 
         ready, sizes = sized_inputs(items, self.preprocessing)  # sizes checked before the weights load
+        block = self.block
         model = self._loaded()
         results: list[Tokens | None] = [None] * len(items)
         for _, chunk in batches(sizes, self.preprocessing.output_size, self.config.batch_size):
             pixels = preprocess([ready[i] for i in chunk], self.preprocessing)
             with torch.inference_mode():
-                maps, cls, embedding = model.images(pixels)
+                maps, cls, embedding = model.images(pixels, block)
             maps = maps.float().cpu().numpy()
             for j, i in enumerate(chunk):
                 rows, cols, dim = maps.shape[1:]
+                values = maps[j].reshape(rows * cols, dim)
                 extras = {"embedding": embedding[j].float().cpu().numpy()}
-                if cls is not None:
-                    extras["cls"] = cls[j].float().cpu().numpy()
-                results[i] = Tokens.from_grid(
-                    np.ascontiguousarray(maps[j].reshape(rows * cols, dim)), (rows, cols), extras=extras,
-                    meta=self._meta(sizes[i], (pixels.shape[3], pixels.shape[2])),
-                )
+                meta = self._meta(sizes[i], (pixels.shape[3], pixels.shape[2]))
+                if cls is None or not self._full():
+                    if cls is not None:
+                        extras["cls"] = cls[j].float().cpu().numpy()
+                    results[i] = Tokens.from_grid(np.ascontiguousarray(values), (rows, cols), extras=extras, meta=meta)
+                    continue
+                values = np.concatenate([cls[j].float().cpu().numpy()[None], values])
+                results[i] = Tokens(values, boxes=self._boxes(sizes[i], (rows, cols)),
+                                    source=np.arange(1, rows * cols + 1), base_grid=(rows, cols), extras=extras,
+                                    meta=meta)
         return results  # type: ignore[return-value]
+
+    def _boxes(self, size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+        """``(1 + rows*cols, 4)`` boxes in source pixels for ``select='full'``: the part of the image the model
+        saw (after the centre crop) for the class token, then each patch's cell, clipped to the image."""
+        (w, h), (rows, cols), pp = size, grid, self.preprocessing
+        rw, rh = pp.resized_size(w, h)
+        ow, oh = pp.output_size(w, h)
+        left, top = (rw - ow) // 2, (rh - oh) // 2  # the crop's offsets, as preprocess takes them
+        ph, pw = self.spec.patch
+        r, c = np.divmod(np.arange(rows * cols), cols)
+        cells = np.stack([c * pw, r * ph, (c + 1) * pw, (r + 1) * ph], axis=1)
+        boxes = np.concatenate([[[0, 0, cols * pw, rows * ph]], cells]) + np.array([left, top, left, top])
+        boxes = boxes * np.array([w / rw, h / rh, w / rw, h / rh])
+        return np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
 
     def _meta(self, image_size: tuple[int, int], working: tuple[int, int]) -> dict[str, Any]:
         spec = self.spec
@@ -121,9 +176,27 @@ class ContrastiveTokenizer:
             "model_path": str(spec.path),
             "backend": self.config.backend,
             "patch_size": list(spec.patch),
-            "tokens": ("vision last_hidden_state (transformers)" if self.config.backend == "transformers"
-                       else "visual.forward_intermediates last block, final norm applied (open_clip)"),
+            "tokens": self._describe_tokens(),
         }
+
+    def _describe_tokens(self) -> str:
+        """What the tokens are: where they come from, the layer and the select used."""
+        c, last = self.config, self.block == self.spec.layers
+        if c.backend == "transformers":
+            norm = "after post_layernorm" if self.family == SIGLIP else "before post_layernorm"
+            where = (f"vision last_hidden_state ({norm})" if last else
+                     f"vision hidden_states[{c.layer}], no final norm") + " (transformers)"
+        else:
+            where = ("visual.forward_intermediates last block, final norm applied" if last else
+                     f"visual.forward_intermediates block {self.block} of {self.spec.layers}, no final norm") \
+                + " (open_clip)"
+        if not self.spec.class_token:
+            kept = "patch tokens (the tower has no class token)"
+        elif self._full():
+            kept = "class token first, then the patch tokens"
+        else:
+            kept = "patch tokens, class token in extras['cls']"
+        return f"{where}; layer={c.layer}, select={c.select!r}: {kept}"
 
     def _image_embedding(self, image: Any) -> Any:
         import torch
