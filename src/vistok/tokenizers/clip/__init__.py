@@ -46,10 +46,11 @@ default gives PaliGemma's (``last_hidden_state``). See :class:`~vistok.tokenizer
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from vistok.registry import register_tokenizer
-from vistok.tokenizers.clip.config import CLIP, SIGLIP, ClipConfig, SiglipConfig
+from vistok.tokenizers.clip.config import CLIP, SIGLIP, ClipConfig, Family, SiglipConfig
 from vistok.tokenizers.clip.tokenizer import ContrastiveTokenizer
 
 __all__ = ["ClipConfig", "SiglipConfig", "ContrastiveTokenizer"]
@@ -61,7 +62,7 @@ __all__ = ["ClipConfig", "SiglipConfig", "ContrastiveTokenizer"]
     description="CLIP ViT patch tokens + CLS + image embedding; text embeddings, logits, zero-shot (softmax)",
 )
 def create_clip(**options: Any) -> ContrastiveTokenizer:
-    return ContrastiveTokenizer(ClipConfig(**options), CLIP)
+    return _create(ClipConfig(**options), CLIP)
 
 
 @register_tokenizer(
@@ -71,4 +72,13 @@ def create_clip(**options: Any) -> ContrastiveTokenizer:
     description="SigLIP ViT patch tokens + pooled image embedding; text embeddings, logits, zero-shot (sigmoid)",
 )
 def create_siglip(**options: Any) -> ContrastiveTokenizer:
-    return ContrastiveTokenizer(SiglipConfig(**options), SIGLIP)
+    return _create(SiglipConfig(**options), SIGLIP)
+
+
+def _create(config: ClipConfig, family: Family) -> ContrastiveTokenizer:
+    """A checkpoint's tokenizer, or :class:`vistok.align.model.AlignedTokenizer` for a ``vistok align`` folder."""
+    if config.model is not None and (Path(config.model).expanduser() / "vistok_align.json").is_file():
+        from vistok.align.model import AlignedTokenizer
+
+        return AlignedTokenizer(config, family)
+    return ContrastiveTokenizer(config, family)

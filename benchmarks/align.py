@@ -1,0 +1,127 @@
+"""SigLIP's sigmoid loss against CLIP's softmax loss, trained LiT-style on frozen towers with ``vistok align``.
+
+Data: Fashion-MNIST with captions from its class names (:mod:`vistok.align.data`); Pullover and Sneaker are held
+out of training entirely. Towers: EfficientNet-Lite0 pooled features at ``--image-size`` (64 by default: the
+28x28 images gain little from more) and all-MiniLM-L6-v2, both frozen; their features are computed once and
+cached. Every row is one run of :func:`vistok.align.train`, the code behind ``vistok align``.
+
+1. The recipe (``--batch-size``, ``--steps``), once per loss: zero-shot accuracy on the 10,000 test images over
+   all ten classes (prompt ``"a photo of a {name}."``), on the eight seen classes' images and on the two held-out
+   classes' images (still choosing among all ten; chance is 10%), and image->text / text->image recall@1/@5
+   between 1,000 test images and one caption each (retrieval is hard here: many captions name the same class).
+2. The batch-size sweep (``--sweep``): each batch size sees the same number of image-caption pairs
+   (``--pairs``), so smaller batches take more steps, at the same learning rate; zero-shot accuracy per loss and
+   the sigmoid/softmax ratio, the peer in the same run. Zhai et al. (2023, Figure 2) report sigmoid ahead at
+   small batches and the two meeting as the batch grows.
+
+    python benchmarks/align.py --markdown --plot docs/align-batch.png
+    python benchmarks/align.py --sweep 16,64,256 --pairs 100000    # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_knn import table  # noqa: E402
+
+from vistok.align import LOSSES, train  # noqa: E402
+
+
+def run(loss: str, batch_size: int, steps: int, args: argparse.Namespace, seed: int = 0) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        metrics = train("fashion-mnist", out, loss=loss, image_size=args.image_size, batch_size=batch_size,
+                        steps=steps, lr=args.lr, embed_dim=args.embed_dim, head=args.head, seed=seed)
+        metrics["wall"] = time.perf_counter() - started
+    return metrics
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256, help="the recipe's batch size (part 1)")
+    parser.add_argument("--steps", type=int, default=2000, help="the recipe's steps (part 1)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--embed-dim", type=int, default=256)
+    parser.add_argument("--head", default="linear")
+    parser.add_argument("--sweep", default="16,32,64,128,256,512,1024", help="batch sizes ('' to skip)")
+    parser.add_argument("--pairs", type=int, default=256_000, help="image-caption pairs each sweep run sees")
+    parser.add_argument("--seeds", type=int, default=1, help="sweep runs per cell (mean reported)")
+    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--plot", type=Path, help="write the sweep plot here (PNG)")
+    parser.add_argument("--json", type=Path, help="write every number here")
+    args = parser.parse_args(argv)
+    report: dict[str, Any] = {"settings": vars(args) | {"plot": str(args.plot), "json": str(args.json)}}
+
+    recipe = {loss: run(loss, args.batch_size, args.steps, args) for loss in LOSSES}
+    report["recipe"] = recipe
+    rows = [[loss, pct(m["zero_shot"]), pct(m["zero_shot_seen"]), pct(m["zero_shot_held_out"]), pct(m["i2t@1"]),
+             pct(m["i2t@5"]), pct(m["t2i@1"]), pct(m["t2i@5"]), f"{m['wall']:.0f} s"] for loss, m in recipe.items()]
+    rows.append(["ratio sigmoid/softmax"] + [f"{recipe['sigmoid'][k] / max(recipe['softmax'][k], 1e-9):.2f}x"
+                                             for k in ("zero_shot", "zero_shot_seen", "zero_shot_held_out", "i2t@1",
+                                                       "i2t@5", "t2i@1", "t2i@5")] + [""])
+    print(table(f"Fashion-MNIST test, batch {args.batch_size}, {args.steps} steps, EfficientNet-Lite0 @ "
+                f"{args.image_size} px + MiniLM, {args.head} heads (chance: 10%)",
+                ["loss", "zero-shot 10", "seen 8", "held-out 2", "i2t@1", "i2t@5", "t2i@1", "t2i@5", "train"],
+                rows, args.markdown))
+
+    sizes = [int(b) for b in args.sweep.split(",") if b.strip()]
+    if sizes:
+        sweep: dict[str, dict[int, list[dict[str, Any]]]] = {loss: {} for loss in LOSSES}
+        for batch in sizes:
+            steps = max(1, args.pairs // batch)
+            for loss in LOSSES:
+                sweep[loss][batch] = [run(loss, batch, steps, args, seed=s) for s in range(args.seeds)]
+
+        def mean(loss: str, batch: int, key: str) -> float:
+            return sum(m[key] for m in sweep[loss][batch]) / len(sweep[loss][batch])
+
+        rows = []
+        for batch in sizes:
+            sig, soft = mean("sigmoid", batch, "zero_shot"), mean("softmax", batch, "zero_shot")
+            rows.append([str(batch), str(max(1, args.pairs // batch)), pct(sig), pct(soft), f"{sig / soft:.2f}x",
+                         pct(mean("sigmoid", batch, "zero_shot_held_out")),
+                         pct(mean("softmax", batch, "zero_shot_held_out"))])
+        print(table(f"Batch-size sweep: {args.pairs:,} pairs per run, lr {args.lr}, zero-shot on all 10 classes "
+                    f"(mean of {args.seeds} seed{'s' if args.seeds > 1 else ''})",
+                    ["batch", "steps", "sigmoid", "softmax", "ratio", "sigmoid held-out", "softmax held-out"],
+                    rows, args.markdown))
+        report["sweep"] = {loss: {str(b): v for b, v in cells.items()} for loss, cells in sweep.items()}
+        if args.plot:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(6, 3.6))
+            for loss, style in (("sigmoid", "o-"), ("softmax", "s--")):
+                ax.plot(sizes, [100 * mean(loss, b, "zero_shot") for b in sizes], style, label=f"{loss} (all 10)")
+                ax.plot(sizes, [100 * mean(loss, b, "zero_shot_held_out") for b in sizes], style, alpha=0.4,
+                        label=f"{loss} (held-out 2)")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(f"batch size ({args.pairs:,} pairs seen by each run)")
+            ax.set_ylabel("zero-shot accuracy (%)")
+            ax.axhline(10, color="grey", lw=0.8, ls=":")
+            ax.legend(fontsize=8)
+            ax.set_title("Fashion-MNIST, LiT heads on EfficientNet-Lite0 + MiniLM")
+            fig.tight_layout()
+            fig.savefig(args.plot, dpi=110)
+            print(f"plot: {args.plot}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
