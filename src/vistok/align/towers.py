@@ -112,7 +112,9 @@ class TextTower:
     def _load(self) -> None:
         if self._model is None:
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging
 
+            logging.disable_progress_bar()  # the loader's per-weight bar, not useful for a 90 MB model
             folder = self.folder
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -79,7 +79,7 @@ def align_command(
               f"{metrics['train_images']} images, {metrics['captions']} distinct captions"
               + (f"; {metrics['skipped']} unreadable images skipped (see {out_dir}/skipped.json)"
                  if metrics["skipped"] else ""), highlight=False)
-    scores = {k: v for k, v in metrics.items() if k.startswith(("zero_shot", "i2t", "t2i"))}
+    scores = {k: v for k, v in metrics.items() if k.startswith(("zero_shot", "held_out", "i2t", "t2i"))}
     if scores:
         table = Table("Fashion-MNIST test", "score")
         for name, value in scores.items():
