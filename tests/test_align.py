@@ -93,6 +93,9 @@ def test_read_captions_csv_jsonl_and_errors(tmp_path, captions):
         read_captions(tmp_path / "sub" if (tmp_path / "sub").mkdir() is None else tmp_path)
     with pytest.raises(FileNotFoundError, match="no such caption file"):
         read_captions(tmp_path / "missing.csv")
+    (tmp_path / "latin.csv").write_bytes("image,caption\na.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        read_captions(tmp_path / "latin.csv")
 
 
 # -- towers ----------------------------------------------------------------------------------------
@@ -228,6 +231,15 @@ def test_softmax_training_and_chunked_sigmoid(captions, tmp_path, trained):
 def test_train_refuses_bad_options(captions, tmp_path, options, message):
     with pytest.raises(AlignError, match=message):
         train(captions, tmp_path / "x", **{**FAST, **options})
+
+
+def test_focus_vit_tower_trains_and_encodes(captions, tmp_path):
+    out = tmp_path / "vit"
+    train(captions, out, image_tower="focus-vit-s14", **{**FAST, "image_size": 56, "steps": 3})
+    tok = vistok.load(str(out))
+    tokens = tok.encode(captions / "1.png")
+    assert tokens.values.shape == (16, 384) and tokens.extras["embedding"].shape == (16,)
+    assert tok.count(48, 48) == len(tokens) == 16 and tok.grid(48, 48) == (4, 4)
 
 
 def test_train_refuses_a_folder_of_unreadable_images(tmp_path):

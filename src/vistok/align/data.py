@@ -87,19 +87,8 @@ def fashion_mnist_pairs(split: str = "train", *, limit: int | None = None, held_
                  labels[keep], source=f"{DATASET}/{split}")
 
 
-def read_captions(path: str | Path) -> Pairs:
-    """Pairs from a CSV (``image,caption``) or JSON Lines file, or a folder holding ``captions.csv``/``.jsonl``.
-    A row without an image or a caption raises ValueError naming the file and line."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        found = [path / n for n in ("captions.csv", "captions.jsonl") if (path / n).is_file()]
-        if not found:
-            raise FileNotFoundError(f"{path}: no captions.csv or captions.jsonl in this folder; write one with an "
-                                    "'image' and a 'caption' per row (image paths relative to the folder)")
-        path = found[0]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such caption file or folder; pass a CSV/JSONL of image,caption rows, a "
-                                f"folder holding captions.csv, or {DATASET!r}")
+def _rows(path: Path) -> list[tuple[int, Any, Any]]:
+    """``(line, image, caption)`` per row of a CSV or JSON Lines caption file."""
     rows: list[tuple[int, Any, Any]] = []
     with open(path, encoding="utf-8", newline="") as handle:
         if path.suffix.lower() == ".csv":
@@ -120,6 +109,27 @@ def read_captions(path: str | Path) -> Pairs:
                 rows.append((n, item.get("image"), item.get("caption")))
         else:
             raise ValueError(f"{path}: unknown caption file type {path.suffix!r}; use .csv or .jsonl")
+    return rows
+
+
+def read_captions(path: str | Path) -> Pairs:
+    """Pairs from a CSV (``image,caption``) or JSON Lines file, or a folder holding ``captions.csv``/``.jsonl``.
+    A row without an image or a caption raises ValueError naming the file and line."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = [path / n for n in ("captions.csv", "captions.jsonl") if (path / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path}: no captions.csv or captions.jsonl in this folder; write one with an "
+                                    "'image' and a 'caption' per row (image paths relative to the folder)")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such caption file or folder; pass a CSV/JSONL of image,caption rows, a "
+                                f"folder holding captions.csv, or {DATASET!r}")
+    try:
+        rows = _rows(path)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save the caption file as "
+                         "UTF-8") from err
     order: dict[str, list[str]] = {}
     for line, image, caption in rows:
         if not isinstance(image, str) or not image.strip() or not isinstance(caption, str) or not caption.strip():

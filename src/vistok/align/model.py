@@ -94,11 +94,8 @@ class AlignedTokenizer(ContrastiveTokenizer):
             raise ValueError(f"{self.folder}: trained with the {'sigmoid' if trained == 'siglip' else 'softmax'} "
                              f"loss, so it is a {trained!r} model; open it with vistok.load({trained!r}, model=...)")
         tower = self.settings["image_tower"]
-        self.tower = ImageTower(tower["name"], tower.get("size"), {**tower.get("options", {}),
-                                                                  "batch_size": config.batch_size,
-                                                                  "device": config.device}
-                                if tower["name"] == "focus-vit-s14" else {**tower.get("options", {}),
-                                                                         "batch_size": config.batch_size})
+        self.tower = ImageTower(tower["name"], tower.get("size"),
+                                {**tower.get("options", {}), "batch_size": config.batch_size})
 
     @cached_property
     def spec(self) -> Any:  # pragma: no cover - the aligned tokenizer answers from its tower instead
@@ -151,6 +148,12 @@ class AlignedTokenizer(ContrastiveTokenizer):
         info.update(image_tower=self.settings["image_tower"], text_tower=self.settings["text_tower"],
                     metrics=self.settings.get("metrics", {}))
         return info
+
+    def __repr__(self) -> str:
+        tower, loss = self.settings["image_tower"], self.settings.get("settings", {}).get("loss", "?")
+        size = f" @ {tower['size']} px" if tower.get("size") else ""
+        return (f"{type(self).__name__}({self.name}: {tower['name']}{size} + {self.settings['text_tower']['name']}, "
+                f"{loss} loss, {self.settings['embed_dim']}-d)")
 
     def _config_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}

@@ -25,7 +25,7 @@ _CONFIG = "vistok_align.json"
 class SiglipFmnistConfig:
     """Options of ``siglip-fmnist``: batch_size (images per forward pass of the tower) and the torch device."""
 
-    batch_size: int = 64
+    batch_size: int = 16
     device: str = "cpu"
 
 
