@@ -223,9 +223,10 @@ def _check_steps(tokenizer: Any, steps: tuple[tuple[str, dict[str, Any]], ...], 
     """Apply the reduction steps to the first image that encodes, so that a bad method or option stops the run
     before any work instead of quarantining every image."""
     import vistok
+    from vistok.reducers import method_info
 
     for method, _ in steps:
-        vistok.reducers.method_info(method)
+        method_info(method)
     if not steps:
         return
     for index in range(min(len(source), 8)):
