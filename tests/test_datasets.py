@@ -218,3 +218,38 @@ def test_cli_tokenize_dataset(photos, tmp_path):
     bad = runner.invoke(app, ["tokenize-dataset", str(photos), "--out", str(tmp_path / "x"), "--engine", "spark"])
     assert bad.exit_code == 2 and "engine must be one of" in bad.output
     shutil.rmtree(out)
+
+
+def test_count_over_datasets_matches_the_files(photos, tmp_path):
+    from vistok.budget.report import count_files, count_stream
+    from vistok.datasets.sources import count_inputs
+
+    files = count_files([photos], ["llava-1.5-7b", "qwen2-vl-7b"])
+    tokenize_dataset(photos, tmp_path / "tokens", "grid")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = sorted(p.name for p in photos.glob("*.png"))
+    pq.write_table(pa.table({"key": names, "image": [(photos / n).read_bytes() for n in names]}),
+                   tmp_path / "images.parquet")
+    for spec in (tmp_path / "tokens", tmp_path / "images.parquet"):
+        total, items = count_inputs(spec)
+        report = count_stream(items, ["llava-1.5-7b", "qwen2-vl-7b"], keep=None)
+        assert report.summary() == files.summary()
+        assert {k: {m: c.image_tokens for m, c in per.items()} for k, per in report.counts.items()} == \
+            {k.rsplit("/", 1)[-1]: {m: c.image_tokens for m, c in per.items()} for k, per in files.counts.items()}
+        assert total == (6 if spec.name == "tokens" else 7)
+    assert "broken.png" in report.errors
+    result = CliRunner().invoke(app, ["count", str(tmp_path / "tokens"), "-m", "qwen2-vl-7b", "--summary-only"])
+    assert result.exit_code == 0 and "summary over 6 image(s)" in result.output
+
+
+def test_too_many_token_sets_for_one_file_point_to_datasets(tmp_path, monkeypatch):
+    import vistok.tokens as tokens_module
+
+    tokens = vistok.load("grid").encode(sample_images()[0])
+    monkeypatch.setattr(tokens_module, "MAX_HEADER_BYTES", 5_000)
+    with pytest.raises(ValueError, match="too many for one Tokens file.*vistok tokenize-dataset"):
+        tokens_module.save_tokens(tmp_path / "many.safetensors", [tokens] * 20)
+    result = CliRunner().invoke(app, ["tokenize", str(sample_images()[0]), "--out", str(tmp_path / "t.parquet")])
+    assert result.exit_code == 2 and "vistok tokenize-dataset" in result.output

@@ -190,6 +190,10 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+#: safetensors refuses a header (tensor table plus metadata) over 100 MB.
+MAX_HEADER_BYTES = 100_000_000
+
+
 def save_tokens(
     path: str | os.PathLike,
     items: Mapping[str, Tokens] | Sequence[Tokens],
@@ -237,6 +241,12 @@ def save_tokens(
     crcs = {name: _crc32(arr) for name, arr in tensors.items()}
     crcs[_DOC_KEY] = zlib.crc32(doc.encode())
     metadata = {_FORMAT_KEY: str(FORMAT_VERSION), _DOC_KEY: doc, _CRC_KEY: json.dumps(crcs)}
+    header = sum(len(v) for v in metadata.values()) + 120 * len(tensors)  # each tensor's entry: name, dtype, shape
+    if header > MAX_HEADER_BYTES:
+        raise ValueError(f"{len(named)} token sets are too many for one Tokens file: its header would take about "
+                         f"{header / 1e6:.0f} MB, over safetensors' {MAX_HEADER_BYTES // 1_000_000} MB limit; write a "
+                         "dataset instead: `vistok tokenize-dataset INPUT -t NAME --out FOLDER` or "
+                         "vistok.datasets.tokenize_dataset (sharded Parquet, read back with vistok.open_dataset)")
     write_output(path, lambda tmp: save_file(tensors, tmp, metadata=metadata),
                  inputs=inputs, follow_symlinks=follow_symlinks)
 

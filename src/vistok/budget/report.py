@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vistok._headers import header_size
@@ -20,7 +21,7 @@ from vistok.budget.core import TokenCount, check_size
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["CountReport", "Tally", "count_stream", "count_files", "iter_image_files", "histogram"]
+__all__ = ["CountReport", "Tally", "Named", "count_stream", "count_files", "iter_image_files", "histogram"]
 
 _SORTED_FOLDER = 4096  # a folder with at most this many entries is walked in name order, a larger one as listed
 _MEMO = 65536  # remembered (size -> count) answers per model; real folders repeat sizes a lot
@@ -141,6 +142,15 @@ def _chain(first: list[os.DirEntry], rest: Iterator[os.DirEntry]) -> Iterator[os
     yield from rest
 
 
+@dataclass(frozen=True)
+class Named:
+    """An input with the key its report rows use (a dataset's key): ``item`` is a path, bytes, ``(width, height)``,
+    or the exception that made it unreadable."""
+
+    key: str
+    item: Any
+
+
 def _expand(sources: Iterable[Any], recursive: bool, errors: dict[str, str]) -> Iterator[Any]:
     """Paths of files and folders expanded into files, lazily; other inputs (sizes, bytes, images) as given."""
     if isinstance(sources, (str, os.PathLike)):
@@ -201,8 +211,12 @@ def count_stream(
     memos: list[dict[tuple[int, int], tuple[int, int | None]]] = [{} for _ in names]
     per_token = 2 * DTYPE_BYTES[dtype]
     for item in _expand(sources, recursive, report.errors):
-        key = item if isinstance(item, str) else repr(item) if isinstance(item, tuple) else source_name(item)
+        named = item.key if isinstance(item, Named) else None
+        item = item.item if isinstance(item, Named) else item
+        key = named or (item if isinstance(item, str) else repr(item) if isinstance(item, tuple) else source_name(item))
         try:
+            if isinstance(item, Exception):
+                raise ValueError(f"{type(item).__name__}: {item}")
             size = _size_of(item)
             answers = []
             for (_, rule, opts, _), memo, config in zip(prepared, memos, configs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -90,6 +91,31 @@ def no_images(given: list[Path]) -> None:
     raise typer.Exit(1)
 
 
+def _inputs(paths: list[Path]) -> tuple[Any, int]:
+    """The items to count and how many there are: image files and folders as given, datasets expanded."""
+    from vistok.budget.report import iter_image_files
+
+    parts: list[Any] = []
+    total = 0
+    for path in paths:
+        try:
+            from vistok.datasets.sources import count_inputs, is_dataset
+        except ImportError:  # no pyarrow: plain files and folders only
+            is_dataset = None  # type: ignore[assignment]
+        if is_dataset is not None and is_dataset(path):
+            try:
+                n, items = count_inputs(path)
+            except (FileNotFoundError, ValueError) as exc:
+                error(str(exc))
+                raise typer.Exit(2) from None
+            parts.append(items)
+            total += n
+        else:
+            parts.append([path])
+            total += sum(1 for _ in iter_image_files(path)) if path.is_dir() else 1
+    return itertools.chain.from_iterable(parts), total
+
+
 def count_command(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (only headers are read).")],
     model: Annotated[list[str], typer.Option("--model", "-m", help="VLM name, alias or hub id; repeatable.")],
@@ -105,13 +131,14 @@ def count_command(
 
     Counts follow each model's own preprocessing (see `vistok models`). For several images a summary gives p50/p95/max tokens and the total KV cache. Unreadable files are reported and skipped (exit code 1).
     """
-    from vistok.budget.report import count_stream, histogram, iter_image_files
+    from vistok.budget.report import count_stream, histogram
 
     names = resolve_models(model)
     hist_target = check_out(hist, images, option="--hist")
     options = model_options(names, config)
-    # folders are walked twice (a count for the progress bar, then the counting), never held in memory
-    total = sum(sum(1 for _ in iter_image_files(p)) if p.is_dir() else 1 for p in images)
+    # folders are walked twice (a count for the progress bar, then the counting), never held in memory; a
+    # dataset (WebDataset tars, Parquet, a datasets folder, a vistok tokens dataset) is read a chunk at a time
+    inputs, total = _inputs(images)
     done = 0
     with progress_bar(total) as progress:
         task = progress.add_task("counting", total=total)
@@ -123,7 +150,7 @@ def count_command(
                 progress.update(task, completed=done)
 
         try:
-            report = count_stream(images, names, options=options, dtype=dtype, on_file=advance,
+            report = count_stream(inputs, names, options=options, dtype=dtype, on_file=advance,
                                   keep=51 if per_image is None else None if per_image else 0)
         except (TypeError, ValueError) as exc:
             error(f"{exc}")

@@ -77,6 +77,10 @@ def tokenize(
     from vistok.batch import tokenize_files
     from vistok.tokens import save_tokens
 
+    if out_file is not None and out_file.suffix.lower() in (".parquet", ".arrow", ".jsonl", ".tar"):
+        error(f"--out {out_file}: vistok tokenize writes one safetensors Tokens file; for Parquet shards of a whole "
+              f"dataset run `vistok tokenize-dataset INPUT -t {tokenizer} --out FOLDER`")
+        raise typer.Exit(2)
     files, bad, target = gather_inputs(images, out_file, follow_symlinks=follow_symlinks)
     tok = load_tokenizer(tokenizer, config)
     with progress_bar(len(files)) as progress:

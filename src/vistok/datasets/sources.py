@@ -195,3 +195,40 @@ def open_source(spec: str | Path, *, image_column: str | None = None) -> Source:
     if sorted(path.glob("*.parquet")):
         return _parquet(path, image_column)
     return _folder([path], path)
+
+
+def is_dataset(spec: str | Path) -> bool:
+    """Whether ``spec`` names a dataset rather than image files: a tokens dataset, a ``.tar``/``.parquet`` file, a
+    glob of them, or a folder of them or written by ``datasets.save_to_disk``."""
+    text = str(spec)
+    if any(ch in text for ch in "*?["):
+        return all(Path(p).suffix in (".tar", ".parquet") for p in globbing.glob(text)) and bool(globbing.glob(text))
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path.suffix in (".tar", ".parquet")
+    return path.is_dir() and ((path / "_manifest.json").is_file() or (path / "dataset_info.json").is_file()
+                              or any(path.glob("*.tar")) or any(path.glob("*.parquet")))
+
+
+def count_inputs(spec: str | Path, chunk: int = 256) -> tuple[int, Any]:
+    """``(images, iterator)`` for counting a dataset's images without decoding them: a tokens dataset gives each
+    row's source ``(width, height)`` from its columns; any other source its images (paths or encoded bytes) a chunk
+    at a time. Items are :class:`vistok.budget.report.Named`, keyed by the dataset's keys."""
+    from vistok.budget.report import Named
+
+    path = Path(str(spec)).expanduser()
+    if path.is_dir() and (path / "_manifest.json").is_file():
+        import pyarrow.dataset as ds
+
+        table = ds.dataset(str(path), format="parquet").to_table(columns=["key", "width", "height"])
+        rows = zip(*(table.column(c).to_pylist() for c in ("key", "width", "height")))
+        return table.num_rows, (Named(k, (w, h)) for k, w, h in rows)
+    source = open_source(spec)
+
+    def items() -> Any:
+        for start in range(0, len(source), chunk):
+            indices = list(range(start, min(start + chunk, len(source))))
+            for i, payload in zip(indices, source.read(indices)):
+                yield Named(source.keys[i], payload)
+
+    return len(source), items()
