@@ -182,6 +182,14 @@ def _local(job: Job, pending: list[int], workers: int, done: Callable[[dict[str,
 
 
 def _init_worker(threads: int) -> None:
+    """Give each worker its share of the cores: torch threads and the BLAS pool (numpy's matmuls). Without this,
+    every process spins a thread per core and two workers on two cores crawl."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        _WORKER["limits"] = threadpool_limits(limits=threads)  # kept alive for the worker's life
+    except ImportError:
+        pass
     try:
         import torch
 
@@ -205,7 +213,12 @@ def _ray(job: Job, pending: list[int], workers: int, gpus: float, done: Callable
     context.enable_progress_bars = False  # vistok's own bar counts the images
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+
         class ShardActor:  # one tokenizer per actor, loaded once
+            def __init__(self) -> None:
+                _init_worker(threads)
+
             def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
                 entries = [encode_shard(job, int(i)) for i in batch["shard"]]
                 return {"entry": [json.dumps(e) for e in entries]}

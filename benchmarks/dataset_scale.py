@@ -1,0 +1,157 @@
+"""Tokenizing a whole dataset: throughput with 1 and 2 local worker processes and with Ray, peak memory as the
+dataset grows, and a kill at a random point followed by a resume.
+
+The data: ``--images`` small PNGs (``--size`` pixels, seeded noise and shapes) written once under ``--work``, one
+in ``--bad-every`` replaced by a broken file, so the quarantine is exercised too. Every run is
+``vistok tokenize-dataset`` (``vistok.datasets.tokenize_dataset``) in a fresh process, timed from the outside;
+peak memory is the largest resident set of that process and its workers (``getrusage(RUSAGE_CHILDREN)`` read by a
+fresh wrapper process per run).
+
+1. Throughput: ``--workers 1`` against ``--workers 2`` (the peer: one process), and ``--engine ray --workers 2``
+   against ``--engine local --workers 2``, images per second, as ratios.
+2. Memory: the same one-process run on the first tenth of the images and on all of them; bounded memory means the
+   two peaks agree.
+3. Kill and resume: a one-process run killed (SIGKILL) at a seeded random moment, then ``--resume``; its shards
+   must equal an uninterrupted run's, byte for byte (their SHA-256 in the manifests), with no row lost or repeated.
+
+    python benchmarks/dataset_scale.py --markdown                  # 50,000 images, grid tokens
+    python benchmarks/dataset_scale.py --images 5000 --tokenizer patch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_knn import table  # noqa: E402
+
+
+def make_images(folder: Path, count: int, size: int, bad_every: int, seed: int = 0) -> None:
+    from PIL import Image, ImageDraw
+
+    marker = folder / f".complete-{count}-{size}-{bad_every}"
+    if marker.is_file():
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        sub = folder / f"{i // 1000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        if bad_every and i % bad_every == bad_every - 1:
+            (sub / f"{i:06d}.png").write_bytes(b"broken " + bytes(rng.integers(0, 255, 32, dtype=np.uint8)))
+            continue
+        pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8) // 4 + 96
+        image = Image.fromarray(pixels)
+        x, y = rng.integers(0, size // 2, 2)
+        ImageDraw.Draw(image).ellipse((int(x), int(y), int(x) + size // 2, int(y) + size // 2),
+                                      fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        image.save(sub / f"{i:06d}.png")
+    marker.write_text("ok")
+
+
+_MEASURE = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)")
+
+
+def run(source: Path, out: Path, args: argparse.Namespace, *extra: str, kill_after: float | None = None
+        ) -> dict[str, float]:
+    """One ``vistok tokenize-dataset`` process: wall seconds and peak resident memory (MB) of it and its workers,
+    read by a fresh wrapper process (``ru_maxrss`` of its children), so each run's peak is its own."""
+    command = [sys.executable, "-m", "vistok", "tokenize-dataset", str(source), "--out", str(out), "-t",
+               args.tokenizer, "--shard-size", str(args.shard_size), "--batch-size", str(args.batch_size), *extra]
+    started = time.perf_counter()
+    if kill_after is not None:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        process.wait()
+        return {"seconds": time.perf_counter() - started, "killed": process.returncode != 0}
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *command], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    peak_kb = int(done.stderr.strip().splitlines()[-1])
+    return {"seconds": time.perf_counter() - started, "peak_mb": peak_kb / 1024}
+
+
+def shards(out: Path) -> list[tuple[str, int, str]]:
+    manifest = json.loads((out / "_manifest.json").read_text())
+    return [(s["file"], s["rows"], s["sha256"]) for s in manifest["shards"]]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=50_000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--bad-every", type=int, default=500, help="one broken file in this many")
+    parser.add_argument("--tokenizer", default="grid")
+    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/vistok-dataset-scale"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    source = args.work / "images"
+    started = time.perf_counter()
+    make_images(source, args.images, args.size, args.bad_every, args.seed)
+    print(f"{args.images:,} images of {args.size}x{args.size} ready in {time.perf_counter() - started:.0f} s "
+          f"(one in {args.bad_every} broken); {os.cpu_count()} CPUs")
+    outs = args.work / "runs"
+    shutil.rmtree(outs, ignore_errors=True)
+    outs.mkdir()
+
+    one = run(source, outs / "local-1", args)
+    two = run(source, outs / "local-2", args, "--workers", "2")
+    good = json.loads((outs / "local-1" / "_manifest.json").read_text())["rows"]
+    rows = [["local, 1 process (peer)", f"{good / one['seconds']:.0f}", "1.00x"],
+            ["local, 2 processes", f"{good / two['seconds']:.0f}", f"{one['seconds'] / two['seconds']:.2f}x"]]
+    same = shards(outs / "local-2") == shards(outs / "local-1")
+    if not args.skip_ray:
+        ray = run(source, outs / "ray-2", args, "--engine", "ray", "--workers", "2")
+        rows.append(["ray, 2 actors", f"{good / ray['seconds']:.0f}",
+                     f"{one['seconds'] / ray['seconds']:.2f}x ({two['seconds'] / ray['seconds']:.2f}x of local 2)"])
+        same = same and shards(outs / "ray-2") == shards(outs / "local-1")
+    print(table(f"Throughput, {args.tokenizer} tokens, {good:,} good images (wall time of the whole command, start-up "
+                "included)", ["engine", "images/s", "speed-up over 1 process"], rows, args.markdown))
+    print(f"all engines wrote byte-identical shards: {same}\n")
+
+    small_source = args.work / "small"
+    make_images(small_source, args.images // 10, args.size, args.bad_every, args.seed)  # the same first tenth
+    small = run(small_source, outs / "small", args)
+    small_rows = json.loads((outs / "small" / "_manifest.json").read_text())["rows"] + \
+        json.loads((outs / "small" / "_manifest.json").read_text())["quarantined"]
+    print(table("Peak memory of one process", ["images", "peak RSS (MB)"],
+                [[f"{small_rows:,}", f"{small['peak_mb']:.0f}"], [f"{args.images:,}", f"{one['peak_mb']:.0f}"]],
+                args.markdown))
+    print(f"ratio {one['peak_mb'] / small['peak_mb']:.2f}x for {args.images / small_rows:.0f}x the images\n")
+
+    rng = random.Random(args.seed)
+    moment = rng.uniform(0.2, 0.8) * one["seconds"]
+    killed = run(source, outs / "killed", args, kill_after=moment)
+    partial = len(shards(outs / "killed")) if (outs / "killed" / "_manifest.json").is_file() else 0
+    resumed = run(source, outs / "killed", args, "--resume")
+    equal = shards(outs / "killed") == shards(outs / "local-1")
+    total_rows = sum(r for _, r, _ in shards(outs / "killed"))
+    print(table("Kill and resume", ["killed after", "shards done at the kill", "resume took", "rows", "equal to an "
+                                    "uninterrupted run"],
+                [[f"{killed['seconds']:.1f} s", str(partial), f"{resumed['seconds']:.1f} s", f"{total_rows:,}",
+                  str(equal)]], args.markdown))
+
+
+if __name__ == "__main__":
+    main()
