@@ -61,6 +61,7 @@ bench: $(BIN)/python
 	$(BIN)/python benchmarks/reduce_speed.py
 	$(BIN)/python benchmarks/vlm_prefill.py --size real
 	$(BIN)/python benchmarks/vlm_reduce_quality.py --budgets 1,4,9,16,32,64 --plot docs/vlm-reduce-quality.png
+	$(BIN)/python benchmarks/dataset_scale.py
 	$(BIN)/python benchmarks/align.py --seeds 2 --plot docs/align-batch.png
 	$(BIN)/python benchmarks/learned_rd.py --plot docs/learned-rd.png
 	$(BIN)/python benchmarks/regions_ap.py

@@ -9,6 +9,7 @@ This module is the public API::
     vistok.count("cat.jpg", model="qwen2-vl-7b")  # what the image costs in a VLM (header only)
     vistok.reduce(tokens, "tome", ratio=0.25)  # shrink the tokens, provenance kept
     vistok.vlm.patch(model, "visionzip", keep=64)  # a transformers VLM feeds its LM 64 tokens per image
+    vistok.open_dataset("tokens/")             # a whole dataset tokenized by `vistok tokenize-dataset`
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vistok.budget import cost, count, fit
+    from vistok.datasets import open_dataset, tokenize_dataset
     from vistok.images import ImageError, open_image, probe_size
     from vistok.reducers import list_methods as reduce_methods
     from vistok.reducers import reduce
@@ -35,11 +37,12 @@ _LAZY = {
     "tokenizer_info": ("vistok.registry", "tokenizer_info"),
     "Tokens": ("vistok.tokens", "Tokens"), "load_tokens": ("vistok.tokens", "load_tokens"),
     "save_tokens": ("vistok.tokens", "save_tokens"),
+    "open_dataset": ("vistok.datasets", "open_dataset"), "tokenize_dataset": ("vistok.datasets", "tokenize_dataset"),
 }
 
 
 #: Subpackages reachable as attributes without importing them first (they load torch).
-_SUBMODULES = {"vlm"}
+_SUBMODULES = {"vlm", "align", "datasets"}
 
 
 def __getattr__(name: str) -> Any:
