@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vistok._training import CHECKPOINT, open_checkpoint, optimizer_step, save_checkpoint
 from vistok.align.data import CLASSES, DATASET, HELD_OUT, NAMES, TEMPLATES, Pairs, fashion_mnist_labels, load_pairs
 from vistok.align.evaluate import recall_at, zero_shot_accuracy
 from vistok.align.heads import HEADS, Heads
@@ -39,7 +40,6 @@ __all__ = ["train", "export", "AlignError", "LOSSES", "CONFIG", "WEIGHTS", "FORM
 LOSSES = ("sigmoid", "softmax")
 CONFIG = "vistok_align.json"
 WEIGHTS = "heads.safetensors"
-CHECKPOINT = "checkpoint.pt"
 FORMAT = "vistok-align/1"
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
 Progress = Callable[[str, int, int], None]
@@ -197,8 +197,6 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, *, image_tower: s
     settings = dict(data=str(data), image_tower=tower.settings(), text_tower=texts.settings(), loss=loss,
                          embed_dim=embed_dim, head=head, batch_size=batch_size, steps=steps, lr=lr,
                          weight_decay=weight_decay, chunk=chunk, train_images=train_images, seed=seed)
-    from vistok.vlm.small import open_checkpoint, optimizer_step, save_checkpoint
-
     state = open_checkpoint(out, settings, resume, AlignError)
 
     # -- features, computed once ------------------------------------------------------------------

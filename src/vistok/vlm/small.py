@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from vistok._training import CHECKPOINT, open_checkpoint, optimizer_step, save_checkpoint
+
 __all__ = ["build", "train", "evaluate", "prompt_ids", "SPECIALS", "IMAGE_TOKEN"]
 
 IMAGE_TOKEN = "<image>"
 SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", IMAGE_TOKEN]
 PUNCTUATION = ["?", ".", ",", "'", "-"]
 PROJECTORS = {"mlp": "gelu", "linear": "linear"}
-CHECKPOINT = "checkpoint.pt"
 #: Chat template writing each user text, then the images: "question ? <image>".
 QUESTION_FIRST = ("{%- for message in messages -%}{%- for part in message['content'] if part['type'] == 'text' -%}"
                   "{{ part['text'] }} {% endfor -%}{%- for part in message['content'] if part['type'] == 'image' -%}"
@@ -397,46 +398,6 @@ def evaluate(model: Any, processor: Any, items: Iterable[Any], *, method: str | 
     return result
 
 
-def open_checkpoint(out: Path, settings: dict[str, Any], resume: bool, error: type[Exception] = TrainError
-                    ) -> dict[str, Any] | None:
-    """The checkpoint in ``out`` to resume from (``resume``), or None for a fresh run. Raises ``error`` (one
-    line) when resuming without a checkpoint or with other ``settings``, or starting over an earlier run's."""
-    ckpt_file = out / CHECKPOINT
-    if not resume:
-        if ckpt_file.is_file():
-            raise error(f"{out}: holds a checkpoint of an earlier run; pass resume to continue it, or use a new "
-                        "folder")
-        return None
-    if not ckpt_file.is_file():
-        raise error(f"{out}: no {CHECKPOINT} to resume from; run without resume to start")
-    state = torch.load(ckpt_file, weights_only=True)  # tensors, numbers, strings: no pickle code runs
-    if state["settings"] != settings:
-        changed = sorted(k for k in set(settings) | set(state["settings"])
-                         if settings.get(k) != state["settings"].get(k))
-        raise error(f"{out}: the checkpoint was made with other settings ({', '.join(changed)}); resume with the "
-                    "same options, or train into a new folder")
-    return state
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], loss: torch.Tensor, lr: float
-                   ) -> float:
-    """One AdamW step at ``lr`` with the gradient norm clipped to 1; returns the loss."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    return loss.item()
-
-
-def save_checkpoint(out: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``out/checkpoint.pt`` atomically (a kill leaves the previous one whole)."""
-    tmp = out / f".{CHECKPOINT}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / CHECKPOINT)
-
-
 # -- training -------------------------------------------------------------------------------------
 
 #: The shipped model's options for :func:`build` where :func:`train` is not given them: 112 px images (64
@@ -479,7 +440,7 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2500, batch_size: int = 32
                 "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "blind": blind,
                 "tower": str(tower) if isinstance(tower, (str, os.PathLike)) else type(tower).__name__,
                 **model_options}
-    state = open_checkpoint(out, settings, resume)
+    state = open_checkpoint(out, settings, resume, TrainError)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build(tower, seed=seed, **model_options)
     image_id = int(model.config.image_token_id)
