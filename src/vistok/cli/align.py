@@ -40,8 +40,9 @@ def align_command(
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 500,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
 ) -> None:
-    """Align a frozen image tower and a frozen text tower: each image and caption is encoded once, then only the
-    projection heads, temperature and bias train.
+    """Align a frozen image tower and a frozen text tower (SigLIP or CLIP loss): only the projection heads train.
+
+    Each image and caption is encoded once; then the two heads, the temperature and (sigmoid) the bias train.
 
     Example: vistok align fashion-mnist --out siglip-fmnist --image-size 64
 
