@@ -30,10 +30,10 @@ def tokenizer_options(tmp_path_factory):
 
 @pytest.fixture
 def load_any(tokenizer_options):
-    """``load_any(name)``: the registered tokenizer, with a tiny model where it needs one."""
+    """``load_any(name, **options)``: the registered tokenizer, with a tiny model where it needs one."""
 
-    def load(name: str):
-        return vistok.load(name, **tokenizer_options.get(name, {}))
+    def load(name: str, **options):
+        return vistok.load(name, **{**tokenizer_options.get(name, {}), **options})
 
     return load
 

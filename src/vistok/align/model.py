@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vistok._device import Placement, to_numpy
 from vistok.align.heads import Heads
 from vistok.align.towers import ImageTower, TextTower
 from vistok.align.train import CONFIG, FORMAT, WEIGHTS
@@ -25,7 +26,7 @@ from vistok.tokens import Tokens
 __all__ = ["AlignedTokenizer", "is_aligned_folder", "read_config"]
 
 #: ClipConfig options an aligned folder takes; the rest (preprocessing, backend) are fixed by its towers.
-_OPTIONS = {"model", "batch_size", "device"}
+_OPTIONS = {"model", "batch_size", "device", "dtype"}
 
 
 def is_aligned_folder(path: str | Path) -> bool:
@@ -45,8 +46,7 @@ def read_config(folder: Path) -> dict[str, Any]:
 class _Model:
     """What :class:`ContrastiveTokenizer` asks of a backend: texts -> embeddings, the scale and the bias."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], device: str) -> None:
-        import torch
+    def __init__(self, folder: Path, config: dict[str, Any], place: Placement) -> None:
         from safetensors.torch import load_file
 
         from vistok.weights.checkpoints import check_weights_file
@@ -60,9 +60,9 @@ class _Model:
             self.heads.load_state_dict(state)
         except RuntimeError as err:
             raise ValueError(f"{file}: the heads do not fit {CONFIG} ({str(err).splitlines()[0]})") from err
-        self.heads.eval().to(device)
-        self.device = torch.device(device)
-        self.text_tower = TextTower(str(config["text_tower"]["name"]))
+        self.heads = place.model(self.heads.eval())
+        self.place = place
+        self.text_tower = TextTower(str(config["text_tower"]["name"]), place)
 
     def _text_ready(self) -> None:
         self.text_tower.features(["a"])
@@ -70,7 +70,7 @@ class _Model:
     def texts(self, texts: list[str]) -> Any:
         import torch
 
-        return self.heads.text_head(torch.from_numpy(self.text_tower.features(texts)).to(self.device))
+        return self.heads.text_head(self.place.inputs(torch.from_numpy(self.text_tower.features(texts))))
 
     def logit_scale_bias(self) -> tuple[Any, Any]:
         return self.heads.logit_scale, self.heads.logit_bias
@@ -94,8 +94,8 @@ class AlignedTokenizer(ContrastiveTokenizer):
             raise ValueError(f"{self.folder}: trained with the {'sigmoid' if trained == 'siglip' else 'softmax'} "
                              f"loss, so it is a {trained!r} model; open it with vistok.load({trained!r}, model=...)")
         tower = self.settings["image_tower"]
-        self.tower = ImageTower(tower["name"], tower.get("size"),
-                                {**tower.get("options", {}), "batch_size": config.batch_size})
+        self.tower = ImageTower(tower["name"], tower.get("size"), {**tower.get("options", {}), "batch_size":
+                                config.batch_size, "device": config.device, "dtype": config.dtype})
 
     @cached_property
     def spec(self) -> Any:  # pragma: no cover - the aligned tokenizer answers from its tower instead
@@ -123,7 +123,7 @@ class AlignedTokenizer(ContrastiveTokenizer):
 
     def _loaded(self) -> Any:
         if self._model is None:
-            self._model = _Model(self.folder, self.settings, self.config.device)  # type: ignore[assignment]
+            self._model = _Model(self.folder, self.settings, self._place)  # type: ignore[assignment]
         return self._model
 
     def _encode_many(self, items: list[Any]) -> list[Tokens]:
@@ -131,9 +131,9 @@ class AlignedTokenizer(ContrastiveTokenizer):
 
         tokens = self.tower.tokenizer.encode(list(items))
         model = self._loaded()
-        pooled = torch.from_numpy(np.stack([self.tower.pool(t) for t in tokens])).to(model.device)
+        pooled = model.place.inputs(torch.from_numpy(np.stack([self.tower.pool(t) for t in tokens])))
         with torch.inference_mode():
-            embedding = model.heads.image_head(pooled).float().cpu().numpy()
+            embedding = to_numpy(model.heads.image_head(pooled))
         out = []
         for t, emb in zip(tokens, embedding):
             meta = {**t.meta, "tokenizer": self.name, "config": self._config_dict(), "model": str(self.folder),

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from vistok._device import Placement, to_numpy
 from vistok.tokens import Tokens
 
 __all__ = ["IMAGE_TOWERS", "TEXT_TOWERS", "ImageTower", "TextTower", "minilm_folder"]
@@ -95,13 +96,15 @@ class ImageTower:
 
 
 class TextTower:
-    """A frozen sentence encoder: ``features(texts)`` -> ``(T, D)`` L2-normalised mean-pooled states."""
+    """A frozen sentence encoder: ``features(texts)`` -> ``(T, D)`` L2-normalised mean-pooled states (float32,
+    whatever device and dtype ``place`` runs the encoder in)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, place: Placement | None = None) -> None:
         if name not in TEXT_TOWERS and not Path(name).expanduser().is_dir():
             raise ValueError(f"unknown text tower {name!r}; pass one of {', '.join(TEXT_TOWERS)} or the folder of a "
                              "transformers text encoder with its tokenizer")
         self.name = name
+        self.place = place or Placement()
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -118,7 +121,7 @@ class TextTower:
             folder = self.folder
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-                self._model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+                self._model = self.place.model(AutoModel.from_pretrained(folder, local_files_only=True).eval())
             except Exception as err:  # noqa: BLE001 - every loader error becomes one line naming the folder
                 raise ValueError(f"text tower {folder}: could not load a transformers encoder and tokenizer "
                                  f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
@@ -138,8 +141,8 @@ class TextTower:
             for start in range(0, len(items), batch):
                 enc = self._tokenizer(items[start:start + batch], padding=True, truncation=True, max_length=256,
                                       return_tensors="pt")
-                hidden = self._model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                hidden = self._model(**{k: self.place.inputs(v) for k, v in enc.items()}).last_hidden_state.float()
+                mask = self.place.inputs(enc["attention_mask"]).unsqueeze(-1).to(hidden.dtype)
                 mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out.append(torch.nn.functional.normalize(mean, dim=-1).float().numpy())
+                out.append(to_numpy(torch.nn.functional.normalize(mean, dim=-1)))
         return np.concatenate(out)

@@ -307,4 +307,9 @@ class Autoencoder(nn.Module):
     def decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Ids ``(B, N)`` or latents ``(B, N, latent_dim)`` on ``grid`` -> pixels ``(B, C, H, W)`` in [0, 1]."""
         z = tokens if self.config.quantizer == "kl" else self.bottleneck.lookup(tokens)
-        return self.decode_latents(self._unflat(z.float(), grid))
+        return self.decode_latents(self._unflat(z.to(self.decoder_dtype), grid))
+
+    @property
+    def decoder_dtype(self) -> torch.dtype:
+        """The dtype the decoder runs in (float32 unless the model was converted)."""
+        return next(self.decoder.parameters()).dtype

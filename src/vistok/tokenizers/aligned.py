@@ -23,10 +23,12 @@ _CONFIG = "vistok_align.json"
 
 @dataclass
 class SiglipFmnistConfig:
-    """Options of ``siglip-fmnist``: batch_size (images per forward pass of the tower) and the torch device."""
+    """Options of ``siglip-fmnist``: batch_size (images per forward pass of the tower); device and dtype, where
+    the image tower, the text tower and the heads run and in which precision (embeddings stay float32)."""
 
     batch_size: int = 16
     device: str = "cpu"
+    dtype: str = "float32"
 
 
 @register_tokenizer(

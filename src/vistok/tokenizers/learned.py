@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from vistok._device import placement, to_numpy
 from vistok.images import ImageInput
 from vistok.registry import register_path_handler, register_tokenizer
 from vistok.tokenizers.base import CellTokenizer, to_image
@@ -36,30 +37,40 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as Pillow's
 class LearnedConfig:
     """Options of ``learned``: path of a folder written by ``vistok train`` (or its model.safetensors);
     max_side: the longer image side is scaled down to at most this (None keeps the native size);
-    quantizer: when set, refuse a file holding another quantizer; batch_size: images per forward pass."""
+    quantizer: when set, refuse a file holding another quantizer; batch_size: images per forward pass;
+    device, dtype: where the model runs (``"cpu"``, ``"cuda"``, ``"mps"``) and in which precision (``"float32"``,
+    ``"float16"``, ``"bfloat16"``; half precision may change a few ids)."""
 
     path: str | None = None
     max_side: int | None = 256
     quantizer: str | None = None
     batch_size: int = 32
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 @dataclass
 class FsqFmnistConfig:
-    """Options of ``fsq-fmnist``: max_side (28, the size it was trained on), batch_size."""
+    """Options of ``fsq-fmnist``: max_side (28, the size it was trained on), batch_size, device, dtype (as for
+    :class:`LearnedConfig`)."""
 
     quantizer: ClassVar[str] = "fsq"  # fixed: the shipped file must hold an FSQ model
     max_side: int | None = 28
     batch_size: int = 256
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 @dataclass
 class FsqNatural64Config:
-    """Options of ``fsq-natural64``: max_side (longer side; it was trained on 64x64 crops), batch_size."""
+    """Options of ``fsq-natural64``: max_side (longer side; it was trained on 64x64 crops), batch_size, device,
+    dtype (as for :class:`LearnedConfig`)."""
 
     quantizer: ClassVar[str] = "fsq"  # fixed: the shipped file must hold an FSQ model
     max_side: int | None = 256
     batch_size: int = 32
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 def _header(file: Path) -> dict[str, Any]:
@@ -100,6 +111,7 @@ class LearnedTokenizer(CellTokenizer):
         self.config = config
         self.name = name
         self._file = file
+        self._place = placement(config.device, config.dtype)
         self._model: Any = None
         self._header: dict[str, Any] | None = None
 
@@ -155,7 +167,8 @@ class LearnedTokenizer(CellTokenizer):
         if self._model is None:
             from vistok.learned.train import load_model
 
-            self._model, _ = load_model(self.file, self.config.quantizer)
+            model, _ = load_model(self.file, self.config.quantizer)
+            self._model = self._place.model(model)
         return self._model
 
     def _load_weights(self) -> None:
@@ -185,8 +198,8 @@ class LearnedTokenizer(CellTokenizer):
                 chunk = indices[start:start + step]
                 x = torch.from_numpy(np.stack([prepared[i][0] for i in chunk])).permute(0, 3, 1, 2)
                 x = x[:, :1] if self.channels == 1 else x
-                values, grid = model.encode(x.contiguous())
-                for i, v in zip(chunk, values.numpy()):
+                values, grid = model.encode(self._place.inputs(x.contiguous()))
+                for i, v in zip(chunk, to_numpy(values)):
                     results[i] = self._tokens(v, grid, prepared[i])
         return results[0] if single else results  # type: ignore[return-value]
 
@@ -223,7 +236,7 @@ class LearnedTokenizer(CellTokenizer):
                 raise ValueError(f"cannot decode: token ids must lie in [0, {vocab}), got "
                                  f"{tokens.values.min()}..{tokens.values.max()}")
             values = torch.from_numpy(tokens.values)[None]
-        pixels = self.model.decode(values, tokens.grid)[0].permute(1, 2, 0).numpy()
+        pixels = to_numpy(self.model.decode(self._place.inputs(values), tokens.grid)[0].permute(1, 2, 0))
         return to_image(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
 
     def describe(self) -> dict[str, Any]:

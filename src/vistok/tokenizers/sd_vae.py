@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vistok._device import Placement, placement, to_numpy
 from vistok.hub import HUB_ID, from_cache_or_hub, offline_reason
 from vistok.registry import register_path_handler, register_tokenizer
 from vistok.tokenizers.base import CellTokenizer, to_image
@@ -59,7 +60,9 @@ class SdVaeConfig:
     is scaled down to at most this (None keeps the native size); sides are rounded to multiples of the
     VAE's factor. scaled: tokens are ``(z - shift_factor) * scaling_factor`` as diffusion models use them
     (False: raw latents). sample: False takes the posterior mean, True one sample drawn with ``seed``.
-    device: torch device of the VAE. batch_size: images per forward pass.
+    device, dtype: where the VAE runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) and in which precision
+    (``"float32"``, ``"float16"``, ``"bfloat16"``); tokens are float32 either way (see :mod:`vistok._device`).
+    batch_size: images per forward pass.
     """
 
     model: str | None = None
@@ -69,6 +72,7 @@ class SdVaeConfig:
     sample: bool = False
     seed: int = 0
     device: str = "cpu"
+    dtype: str = "float32"
     batch_size: int = 8
 
 
@@ -229,20 +233,17 @@ def _weights_variant(folder: Path) -> str | None:
                             f".safetensors or .bin); sd-vae needs {_NEEDS}")
 
 
-def _load_vae(source: _Source, device: str) -> Any:
-    """The AutoencoderKL of ``source`` in float32 on ``device``, with every weight read from the checkpoint."""
+def _load_vae(source: _Source, place: Placement) -> Any:
+    """The AutoencoderKL of ``source`` on ``place``'s device and dtype, with every weight read from the
+    checkpoint."""
     try:
-        import torch
         from diffusers import AutoencoderKL
         from diffusers.utils import logging as diffusers_logging
     except ImportError as err:  # pragma: no cover - diffusers comes with the learned extra
         raise ImportError("sd-vae needs torch and diffusers: pip install 'vistok[learned]'") from err
 
-    try:
-        target_device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a torch device ({err}); use 'cpu', 'cuda', 'cuda:1', 'mps'") from err
-    kwargs: dict[str, Any] = {"output_loading_info": True, "low_cpu_mem_usage": False, "torch_dtype": torch.float32}
+    kwargs: dict[str, Any] = {"output_loading_info": True, "low_cpu_mem_usage": False,
+                              "torch_dtype": place.torch_dtype}
     reason = None
     if source.local is not None:
         target: str = os.fspath(source.local)
@@ -273,7 +274,7 @@ def _load_vae(source: _Source, device: str) -> Any:
     if problems:
         raise ValueError(f"{source.where}: the weights do not fit the {_CLASS} its config.json describes: "
                          f"{'; '.join(problems)}. Pass the folder the weights were saved with")
-    return vae.to(target_device).eval()
+    return vae.to(place.torch_device).eval()
 
 
 class SdVaeTokenizer(CellTokenizer):
@@ -295,6 +296,7 @@ class SdVaeTokenizer(CellTokenizer):
             raise ValueError(f"max_side must be a positive integer or None, got {c.max_side!r}")
         if not whole(c.seed):
             raise ValueError(f"seed must be an integer, got {c.seed!r}")
+        self._place = placement(c.device, c.dtype)
         self._vae: Any = None
 
     # -- the checkpoint (config only) ------------------------------------------------------------
@@ -320,7 +322,7 @@ class SdVaeTokenizer(CellTokenizer):
 
     def _load_weights(self) -> None:
         if self._vae is None:
-            self._vae = _load_vae(self.source, self.config.device)
+            self._vae = _load_vae(self.source, self._place)
 
     @property
     def vae(self) -> Any:
@@ -357,21 +359,20 @@ class SdVaeTokenizer(CellTokenizer):
         import torch
 
         c, source = self.config, self.source
-        device = next(vae.parameters()).device
         # a contiguous NCHW tensor, as diffusers' image processor gives: the memory format picks the conv kernel
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(device) * 2.0 - 1.0
+        x = self._place.inputs(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous() * 2.0 - 1.0)
         with torch.inference_mode():
             posterior = vae.encode(x).latent_dist
             z = posterior.mean
-            if c.sample:  # one draw per image from its own seeded generator: independent of the batch
-                noise = torch.cat([torch.randn((1, *z.shape[1:]), generator=torch.Generator().manual_seed(int(c.seed)),
-                                               dtype=z.dtype) for _ in range(len(z))]).to(device)
+            if c.sample:  # one float32 draw per image from its own seeded generator: independent of batch and dtype
+                seeded = [torch.Generator().manual_seed(int(c.seed)) for _ in range(len(z))]
+                noise = torch.cat([torch.randn((1, *z.shape[1:]), generator=g) for g in seeded]).to(z)
                 z = z + posterior.std * noise
             if c.scaled:
                 if source.shift_factor is not None:
                     z = z - source.shift_factor
                 z = z * source.scaling_factor
-        return z.float().cpu().numpy()
+        return to_numpy(z)
 
     # -- decoding --------------------------------------------------------------------------------
     def _decode(self, tokens: Tokens) -> Image.Image:
@@ -391,16 +392,15 @@ class SdVaeTokenizer(CellTokenizer):
         scaled = tokens.meta.get("scaled", self.config.scaled)
         rows, cols = tokens.grid
         vae = self.vae
-        device = next(vae.parameters()).device
         z = torch.from_numpy(np.ascontiguousarray(tokens.values, dtype=np.float32))
-        z = z.reshape(rows, cols, -1).permute(2, 0, 1)[None].contiguous().to(device)
+        z = z.reshape(rows, cols, -1).permute(2, 0, 1)[None].contiguous()
         if scaled:
             z = z / source.scaling_factor
             if source.shift_factor is not None:
                 z = z + source.shift_factor
         with torch.inference_mode():
-            x = vae.decode(z).sample[0]
-        return to_image((x.permute(1, 2, 0).float().cpu().numpy() + 1.0) / 2.0)
+            x = vae.decode(self._place.inputs(z)).sample[0]
+        return to_image((to_numpy(x.permute(1, 2, 0)) + 1.0) / 2.0)
 
 
 @register_tokenizer(

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vistok._device import placement
 from vistok.regions.base import Region, register_detector
 
 __all__ = ["TorchvisionDetector", "create_torchvision", "ARCHS", "read_state_dict"]
@@ -135,6 +136,7 @@ class TorchvisionDetector:
                              f"got {max_side!r}")
         if not isinstance(device, str):
             raise TypeError(f"torchvision: device is a torch device name such as 'cpu' or 'cuda', got {device!r}")
+        placement(device)  # a malformed device, or one this machine lacks: one ValueError naming the option
         self.arch, self.weights, self.num_classes = arch, path, int(num_classes)
         self.score_threshold, self.max_side, self.device = float(score_threshold), int(max_side), device
         self._labels = labels

@@ -51,7 +51,9 @@ class ClipConfig:
     token (SigLIP's) ``"full"`` gives the same tokens as ``"default"``. The ``embedding`` extra is always the model's
     image embedding, whatever the layer.
 
-    batch_size: images per forward pass in ``encode``. device: torch device for the model.
+    batch_size: images per forward pass in ``encode``. device, dtype: where the model runs (``"cpu"``,
+    ``"cuda"``, ``"cuda:1"``, ``"mps"``) and in which precision (``"float32"``, ``"float16"``, ``"bfloat16"``);
+    tokens, embeddings and logits are float32 either way (see :mod:`vistok._device`).
     """
 
     model: str | None = None
@@ -68,6 +70,7 @@ class ClipConfig:
     select: str = "default"
     batch_size: int = 16
     device: str = "cpu"
+    dtype: str = "float32"
 
 
 @dataclass

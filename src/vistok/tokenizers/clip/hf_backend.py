@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vistok._device import Placement
 from vistok.preprocess import Preprocess, resample_name
 from vistok.tokenizers.clip.config import CLIP, SIGLIP, ClipConfig, Family, Spec, locate, override, pair, read_json
 from vistok.weights.checkpoints import check_weights_folder
@@ -100,8 +101,7 @@ def hf_spec(cfg: ClipConfig, family: Family) -> Spec:
 class HFModel:
     """A loaded transformers ``CLIPModel``/``SiglipModel`` and its text tokenizer."""
 
-    def __init__(self, spec: Spec, family: Family, device: str) -> None:
-        import torch
+    def __init__(self, spec: Spec, family: Family, place: Placement) -> None:
         import transformers
 
         cls = getattr(transformers, family.hf_class)
@@ -117,8 +117,8 @@ class HFModel:
             summary = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {v[0]})" for k, v in problems.items())
             raise ValueError(f"{spec.path}: the weights do not fit {family.hf_class} ({summary}); refusing to "
                              "run with randomly initialised parts. Is it the right checkpoint type?")
-        self.model = model.eval().to(device)
-        self.device = torch.device(device)
+        self.model = place.model(model.eval())
+        self.place = place
         self.spec, self.family = spec, family
         self._text_tokenizer = None
 
@@ -128,7 +128,7 @@ class HFModel:
         rows, cols = pixels.shape[2] // self.spec.patch[0], pixels.shape[3] // self.spec.patch[1]
         interpolate = (pixels.shape[2], pixels.shape[3]) != self.spec.image_size
         last = block == self.spec.layers
-        out = self.model.get_image_features(pixel_values=pixels.to(self.device), interpolate_pos_encoding=interpolate,
+        out = self.model.get_image_features(pixel_values=self.place.inputs(pixels), interpolate_pos_encoding=interpolate,
                                             output_hidden_states=not last)
         hidden = out.last_hidden_state if last else out.hidden_states[block]
         prefix = hidden.shape[1] - rows * cols
@@ -156,7 +156,7 @@ class HFModel:
         inputs = tok(texts, padding=padding, truncation=max_length is not None, max_length=max_length,
                      return_tensors="pt")
         names = [k for k in ("input_ids", "attention_mask") if k in inputs and k in tok.model_input_names]
-        return self.model.get_text_features(**{k: inputs[k].to(self.device) for k in names}).pooler_output
+        return self.model.get_text_features(**{k: self.place.inputs(inputs[k]) for k in names}).pooler_output
 
     def logit_scale_bias(self) -> tuple[Any, Any]:
         return self.model.logit_scale, getattr(self.model, "logit_bias", None)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vistok._device import Placement
 from vistok.preprocess import Preprocess, resample_name
 from vistok.tokenizers.clip.config import ClipConfig, Family, Spec, locate, override, pair, read_json
 from vistok.weights.checkpoints import CorruptWeightsError, check_weights_file, unreadable
@@ -165,9 +166,8 @@ def _timm_tower(timm_name: str) -> tuple[tuple[int, int], int | None, bool]:
 class OpenClipModel:
     """A loaded open_clip ``CLIP``/``CustomTextCLIP`` built from its config, weights loaded strictly."""
 
-    def __init__(self, spec: Spec, family: Family, device: str) -> None:
+    def __init__(self, spec: Spec, family: Family, place: Placement) -> None:
         import open_clip
-        import torch
 
         cfg = copy.deepcopy(spec.detail["model_cfg"])
         cfg.get("vision_cfg", {})["timm_model_pretrained"] = False   # never fetch tower weights
@@ -192,8 +192,8 @@ class OpenClipModel:
             raise ValueError(f"{weights}: the weights do not fit this open_clip architecture ({first} "
                              f"{' '.join(lines)[:300]}); refusing to run with randomly initialised parts. Is it the "
                              "right checkpoint or open_clip_arch?") from err
-        self.model = model.eval().to(device)
-        self.device = torch.device(device)
+        self.model = place.model(model.eval())
+        self.place = place
         self.spec, self.family = spec, family
         self._text_tokenizer = None
 
@@ -202,7 +202,7 @@ class OpenClipModel:
         output of block ``block`` (1 = the first; the last one after the final norm)."""
         last = block == self.spec.layers
         out = self.model.visual.forward_intermediates(
-            pixels.to(self.device), indices=1 if last else [block - 1], normalize_intermediates=last,
+            self.place.inputs(pixels), indices=1 if last else [block - 1], normalize_intermediates=last,
             output_fmt="NCHW", output_extra_tokens=True,
         )
         maps = out["image_intermediates"][-1].permute(0, 2, 3, 1)
@@ -232,7 +232,7 @@ class OpenClipModel:
                     f"{self.spec.path}: could not build the open_clip text tokenizer ({type(err).__name__}: {err}); "
                     "its files may need the hub: use a model folder that holds them (the hub repository layout)"
                 ) from err
-        return self.model.encode_text(self._text_tokenizer(texts).to(self.device))
+        return self.model.encode_text(self.place.inputs(self._text_tokenizer(texts)))
 
     def logit_scale_bias(self) -> tuple[Any, Any]:
         return self.model.logit_scale, getattr(self.model, "logit_bias", None)

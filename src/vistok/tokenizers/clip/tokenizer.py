@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from vistok._device import placement, to_numpy
 from vistok.images import ImageInput
 from vistok.preprocess import Preprocess, batches, preprocess, sized_inputs
 from vistok.tokenizers.clip.config import BACKENDS, SELECT, SIGLIP, ClipConfig, Family, Spec
@@ -39,6 +40,7 @@ class ContrastiveTokenizer:
             raise ValueError(f"select must be one of {', '.join(map(repr, SELECT))} ('default' drops the class "
                              f"token, 'full' keeps it as token 0), got {config.select!r}")
         config.layer = int(config.layer)  # a numpy integer too, so that the metadata stays JSON
+        self._place = placement(config.device, config.dtype)
         self.config = config
         self.family = family
         self.name = family.name
@@ -104,7 +106,7 @@ class ContrastiveTokenizer:
     def _loaded(self) -> HFModel | OpenClipModel:
         if self._model is None:
             cls = HFModel if self.config.backend == "transformers" else OpenClipModel
-            self._model = cls(self.spec, self.family, self.config.device)
+            self._model = cls(self.spec, self.family, self._place)
         return self._model
 
     # -- images ---------------------------------------------------------------------------------
@@ -134,18 +136,18 @@ class ContrastiveTokenizer:
             pixels = preprocess([ready[i] for i in chunk], self.preprocessing)
             with torch.inference_mode():
                 maps, cls, embedding = model.images(pixels, block)
-            maps = maps.float().cpu().numpy()
+            maps = to_numpy(maps)
             for j, i in enumerate(chunk):
                 rows, cols, dim = maps.shape[1:]
                 values = maps[j].reshape(rows * cols, dim)
-                extras = {"embedding": embedding[j].float().cpu().numpy()}
+                extras = {"embedding": to_numpy(embedding[j])}
                 meta = self._meta(sizes[i], (pixels.shape[3], pixels.shape[2]))
                 if cls is None or not self._full():
                     if cls is not None:
-                        extras["cls"] = cls[j].float().cpu().numpy()
+                        extras["cls"] = to_numpy(cls[j])
                     results[i] = Tokens.from_grid(np.ascontiguousarray(values), (rows, cols), extras=extras, meta=meta)
                     continue
-                values = np.concatenate([cls[j].float().cpu().numpy()[None], values])
+                values = np.concatenate([to_numpy(cls[j])[None], values])
                 results[i] = Tokens(values, boxes=self._boxes(sizes[i], (rows, cols)),
                                     source=np.arange(1, rows * cols + 1), base_grid=(rows, cols), extras=extras,
                                     meta=meta)

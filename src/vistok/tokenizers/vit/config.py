@@ -32,6 +32,8 @@ class _Options:
     std: tuple[float, float, float] | None = None
     batch_size: int = 16
     tome_r: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 @dataclass
@@ -49,7 +51,9 @@ class ViTConfig(_Options):
     to a whole number of patches; ``"crop"`` resizes the shorter side to ``size`` and centre-crops a square;
     ``"square"`` resizes to ``size x size``. size, resample, rescale, mean, std: None takes them from the
     checkpoint (``preprocessor_config.json``). batch_size: images per forward pass. tome_r: ToMe merges per
-    block (0 = off; see :mod:`vistok.tokenizers.vit`).
+    block (0 = off; see :mod:`vistok.tokenizers.vit`). device, dtype: where the model runs (``"cpu"``, ``"cuda"``,
+    ``"cuda:1"``, ``"mps"``) and in which precision (``"float32"``, ``"float16"``, ``"bfloat16"``); tokens and
+    extras are float32 either way (see :mod:`vistok._device`).
     """
 
     model: str = FOCUS
@@ -62,7 +66,7 @@ class ViTConfig(_Options):
 class FocusViTConfig(_Options):
     """Options of ``focus-vit-s14``: those of :class:`ViTConfig` (the weights are fixed) with CLS attention and
     saliency on by default, plus backend: ``"torch"`` (transformers ``Dinov2Model``) or ``"onnxruntime"`` (the
-    package's original graph; same numbers to ~1e-5)."""
+    package's original graph; same numbers to ~1e-5; it runs on the CPU in float32 only)."""
 
     model: ClassVar[str] = FOCUS  # fixed: the weights are focus-vit-s14's (vit loads other checkpoints)
     attentions: bool = True

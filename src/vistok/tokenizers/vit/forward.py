@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from vistok._device import to_numpy
 from vistok.tokenizers.vit.checkpoint import model_lock
 
 __all__ = ["Request", "forward_torch", "forward_onnx"]
@@ -101,7 +102,7 @@ def forward_torch(model: Any, pixels: Any, grid: tuple[int, int], req: Request) 
 
             means, _ = group_mean(keys[:, protected:], assign, size, int(assign.max()) + 1)
             keys = torch.cat([keys[:, :protected], means], dim=1)
-        keys = keys.numpy()
+        keys = to_numpy(keys)
     sal_map = None
     if saliency:
         from vistok.weights.focus_vit import saliency_from_tokens
@@ -109,17 +110,18 @@ def forward_torch(model: Any, pixels: Any, grid: tuple[int, int], req: Request) 
         final = output.last_hidden_state[:, protected:]  # per image, for the same reason as the attention
         if "final" in tome:  # the head needs the grid: each patch gets the final token it merged into
             final = final.gather(1, tome["final"][..., None].expand(-1, -1, final.shape[-1]))
-        sal_map = np.concatenate([saliency_from_tokens(req.head, final[i:i + 1], grid, tuple(pixels.shape[2:]))
-                                  .numpy() for i in range(len(final))])
-    merged = tome["source"].numpy() if "source" in tome else None
-    return hidden.numpy(), keys, sal_map, attn, merged
+        sal_map = np.concatenate([to_numpy(saliency_from_tokens(req.head, final[i:i + 1], grid,
+                                                                 tuple(pixels.shape[2:]))) for i in range(len(final))])
+    merged = to_numpy(tome["source"]) if "source" in tome else None
+    return to_numpy(hidden), keys, sal_map, attn, merged
 
 
 def _cls_attention(captured: dict[str, Any], heads: int, protected: int, assign: Any, size: Any) -> np.ndarray:
-    """``(B, H, T)`` softmax attention from CLS, from the block's own query/key projections."""
+    """``(B, H, T)`` softmax attention from CLS, from the block's own query/key projections (in float32, whatever
+    the model's dtype)."""
     import torch
 
-    q, k = captured["q"], captured["k"]
+    q, k = captured["q"].float(), captured["k"].float()
     b, t, d = k.shape
     q_cls = q[:, :1].reshape(b, 1, heads, d // heads).transpose(1, 2)  # (B, H, 1, dh)
     k_h = k.reshape(b, t, heads, d // heads).transpose(1, 2)  # (B, H, T, dh)
@@ -129,13 +131,13 @@ def _cls_attention(captured: dict[str, Any], heads: int, protected: int, assign:
     for i in range(b):
         logits = (q_cls[i] @ k_h[i].transpose(-1, -2)) * (d // heads) ** -0.5  # (H, 1, T)
         if size is not None:  # ToMe's proportional attention, as the block ran it
-            logits[..., protected:] += size[i].log()
+            logits[..., protected:] += size[i].float().log()
         weights = torch.softmax(logits, dim=-1)[:, 0]
         if assign is not None:  # attention to a merged token: the sum over its members
             summed = weights.new_zeros(heads, int(assign[i].max()) + 1).index_add_(1, assign[i],
                                                                                   weights[:, protected:])
             weights = torch.cat([weights[:, :protected], summed], dim=1)
-        rows.append(weights.numpy())
+        rows.append(to_numpy(weights))
     return np.stack(rows)
 
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vistok._device import placement
 from vistok.preprocess import Preprocess, batches, preprocess, sized_inputs
 from vistok.tokenizers.vit.checkpoint import Source, cached, describe_source, focus_norm, load_transformers
 from vistok.tokenizers.vit.config import BACKENDS, FOCUS_LAYER, RESIZE_MODES, FocusViTConfig, ViTConfig
@@ -42,6 +43,10 @@ class ViTTokenizer:
             raise ValueError(f"tome_r must be a whole number >= 0 (tokens ToMe merges per block), got {c.tome_r!r}")
         if c.tome_r and self.backend == "onnxruntime":
             raise ValueError("tome_r patches the PyTorch model; the onnxruntime graph is fixed (use backend='torch')")
+        self._place = placement(c.device, c.dtype)
+        if self.backend == "onnxruntime" and (c.device, c.dtype) != ("cpu", "float32"):
+            raise ValueError(f"backend='onnxruntime' runs on the CPU in float32 only, got device={c.device!r}, "
+                             f"dtype={c.dtype!r}; use backend='torch' for other devices and precisions")
         self._source_info: Source | None = None
         self._model: Any = None
         self._head: Any = None
@@ -148,6 +153,8 @@ class ViTTokenizer:
     def _load(self) -> None:
         src = self.source
         saliency = self._wants_saliency()
+        place = self._place
+        where = (place.device, place.dtype)  # one shared model per source, device and dtype
         if src.kind == "focus":
             from vistok.weights import focus_vit
 
@@ -157,12 +164,12 @@ class ViTTokenizer:
                     self._norm = cached(("focus-norm",), lambda: focus_norm(focus_vit))
                 return
             if self._model is None:
-                self._model = cached(("focus",), focus_vit.build_backbone)
+                self._model = cached(("focus", *where), lambda: place.model(focus_vit.build_backbone()))
             if saliency and self._head is None:
-                self._head = cached(("focus-head",), focus_vit.build_saliency_head)
+                self._head = cached(("focus-head", *where), lambda: place.model(focus_vit.build_saliency_head()))
             return
         if self._model is None:
-            self._model = cached((src.kind, src.ref), lambda: load_transformers(src))
+            self._model = cached((src.kind, src.ref, *where), lambda: place.model(load_transformers(src)))
 
     # -- encoding --------------------------------------------------------------------------------
     def encode(self, images: Any) -> Tokens | list[Tokens]:
@@ -197,7 +204,8 @@ class ViTTokenizer:
             seq, keys, sal_map, attn, merged = forward_onnx(self._onnx, self._norm, pixels.numpy(), req, saliency)
         else:
             with torch.inference_mode():
-                seq, keys, sal_map, attn, merged = forward_torch(self._model, pixels, (rows, cols), req)
+                seq, keys, sal_map, attn, merged = forward_torch(self._model, self._place.inputs(pixels), (rows, cols),
+                                                                 req)
         r = self.source.registers
         include = self.config.cls == "include"
         keep = np.r_[0, np.arange(1 + r, seq.shape[1])] if include else np.arange(1 + r, seq.shape[1])
