@@ -282,5 +282,5 @@ def test_vistok_load_takes_the_folder_path(folder, tmp_path):
     shutil.copytree(folder, pipeline / "vae")
     assert vistok.load(pipeline).encode(Image.new("RGB", (16, 16))).grid == (8, 8)
     (tmp_path / "plain").mkdir()
-    with pytest.raises(KeyError, match="is a path, but holds neither.*vistok train"):
+    with pytest.raises(KeyError, match="is a path, but holds none of: .*vistok train"):
         vistok.load(tmp_path / "plain")
