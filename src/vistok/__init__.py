@@ -64,6 +64,8 @@ __version__ = "0.2.0.dev0"
 
 __all__ = [
     "ImageError",
+    "open_dataset",
+    "tokenize_dataset",
     "cost",
     "count",
     "fit",
