@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.progress import Progress
 
 # Wide tables when piped (Rich would otherwise fold them to 80 columns). Messages on stderr are never folded
@@ -219,6 +221,24 @@ def progress_bar(total: int, *, stats: bool = False, transient: bool = True) -> 
         columns.append(TextColumn("{task.fields[stats]}"))
     return Progress(*columns, console=err, transient=transient,
                     disable=total < 2 or (transient and not err.is_terminal))
+
+
+def training_callbacks(bar: Progress, steps: int) -> tuple[Callable[[str, int, int], None],
+                                                           Callable[[int, float], None]]:
+    """``(progress, on_step)`` for a trainer: one bar per feature-caching stage, then a training bar with the loss."""
+    tasks: dict[str, Any] = {}
+
+    def on_features(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total, stats="")
+        bar.update(tasks[what], completed=done)
+
+    def on_step(step: int, loss: float) -> None:
+        if "train" not in tasks:
+            tasks["train"] = bar.add_task("training", total=steps, stats="", completed=step - 1)
+        bar.update(tasks["train"], completed=step, stats=f"loss {loss:.3f}")
+
+    return on_features, on_step
 
 
 def warn_skipped(errors: dict[str, str]) -> None:

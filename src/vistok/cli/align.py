@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vistok.cli._common import err, error, out, progress_bar
+from vistok.cli._common import err, error, out, progress_bar, training_callbacks
 
 
 def align_command(
@@ -56,17 +56,7 @@ def align_command(
         error(f"vistok align needs torch and transformers ({exc}): pip install 'vistok[encoders]'")
         raise typer.Exit(2) from None
     with progress_bar(steps, stats=True, transient=False) as bar:
-        tasks: dict[str, int] = {}
-
-        def on_features(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total, stats="")
-            bar.update(tasks[what], completed=done)
-
-        def on_step(step: int, value: float) -> None:
-            if "train" not in tasks:
-                tasks["train"] = bar.add_task("training", total=steps, stats="", completed=step - 1)
-            bar.update(tasks["train"], completed=step, stats=f"loss {value:.3f}")
+        on_features, on_step = training_callbacks(bar, steps)
 
         try:
             metrics = train(data, out_dir, image_tower=image_tower, text_tower=text_tower, loss=loss,

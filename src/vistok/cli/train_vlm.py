@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from vistok.cli._common import err, error, out, progress_bar
+from vistok.cli._common import err, error, out, progress_bar, training_callbacks
 
 
 def train_vlm_command(
@@ -112,17 +112,7 @@ def train_vlm_command(
     if feature_layer is not None:
         options["feature_layer"] = feature_layer
     with progress_bar(total + 1, stats=True, transient=False) as bar:
-        tasks: dict[str, Any] = {}
-
-        def on_features(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total, stats="")
-            bar.update(tasks[what], completed=done)
-
-        def on_step(step: int, loss: float) -> None:
-            if "train" not in tasks:
-                tasks["train"] = bar.add_task("training", total=total, stats="", completed=step - 1)
-            bar.update(tasks["train"], completed=step, stats=f"loss {loss:.3f}")
+        on_features, on_step = training_callbacks(bar, total)
 
         try:
             metrics = train(out_dir, on_step=on_step, progress=on_features, **options)
