@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +254,12 @@ def test_too_many_token_sets_for_one_file_point_to_datasets(tmp_path, monkeypatc
         tokens_module.save_tokens(tmp_path / "many.safetensors", [tokens] * 20)
     result = CliRunner().invoke(app, ["tokenize", str(sample_images()[0]), "--out", str(tmp_path / "t.parquet")])
     assert result.exit_code == 2 and "vistok tokenize-dataset" in result.output
+
+
+def test_glob_sources_key_relative_to_the_fixed_part(photos):
+    source = open_source(str(photos / "*.png"))
+    assert sorted(source.keys) == sorted(p.name for p in photos.glob("*.png"))
+    from vistok.datasets.sources import _glob_root
+
+    assert _glob_root("data/*/x*.jpg") == Path("data")
+    assert _glob_root("*.jpg") == Path(".")

@@ -158,6 +158,13 @@ def _hf(root: Path, column: str | None) -> Source:
     return _table_source("hf", root, names, column, keys)
 
 
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob's keys are relative to: its leading parts without a wildcard (``data/*/x*.jpg`` -> data)."""
+    parts = Path(pattern).parts
+    fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if any(ch in p for ch in "*?["))]]
+    return Path(*fixed) if fixed else Path(".")
+
+
 def open_source(spec: str | Path, *, image_column: str | None = None) -> Source:
     """The source behind ``spec``: a folder, a glob, a ``.tar``/``.parquet`` file, or a folder of tars, of Parquet
     files, or written by ``datasets.save_to_disk``. Raises FileNotFoundError/ValueError naming ``spec``."""
@@ -172,9 +179,7 @@ def open_source(spec: str | Path, *, image_column: str | None = None) -> Source:
         parquet = [p for p in matches if p.suffix == ".parquet"]
         if parquet and len(parquet) == len(matches):
             return _parquet(parquet[0] if len(parquet) == 1 else parquet[0].parent, image_column)
-        root = Path(globbing.escape(text).split("*")[0].split("?")[0]).parent if "/" in text else Path(".")
-        root = Path(text.split("*")[0]).parent if "*" in text else root
-        return _folder(matches, root)
+        return _folder(matches, _glob_root(text))
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder; pass a folder of images, a glob, WebDataset "
