@@ -18,6 +18,7 @@ cached. Every row is one run of :func:`vistok.align.train`, the code behind ``vi
 
     python benchmarks/align.py --markdown --plot docs/align-batch.png
     python benchmarks/align.py --sweep 16,64,256 --pairs 100000    # quicker
+    python benchmarks/align.py --from-json align.json --markdown --plot docs/align-batch.png   # redraw
 """
 
 from __future__ import annotations
@@ -69,11 +70,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--plot", type=Path, help="write the sweep plot here (PNG)")
     parser.add_argument("--json", type=Path, help="write every number here")
+    parser.add_argument("--from-json", type=Path, help="print the tables and draw the plot from an earlier --json")
     args = parser.parse_args(argv)
-    report: dict[str, Any] = {"settings": vars(args) | {"plot": str(args.plot), "json": str(args.json)}}
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        settings = argparse.Namespace(**{**report["settings"], "markdown": args.markdown, "plot": args.plot})
+    else:
+        report = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+        report["recipe"] = {loss: run(loss, args.batch_size, args.steps, args) for loss in LOSSES}
+        sizes = [int(b) for b in args.sweep.split(",") if b.strip()]
+        report["sweep"] = {loss: {str(b): [run(loss, b, max(1, args.pairs // b), args, seed=s)
+                                           for s in range(args.seeds)] for b in sizes} for loss in LOSSES}
+        settings = args
+    show(report, settings)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
 
-    recipe = {loss: run(loss, args.batch_size, args.steps, args) for loss in LOSSES}
-    report["recipe"] = recipe
+
+def show(report: dict[str, Any], args: argparse.Namespace) -> None:
+    """The two tables and (``args.plot``) the sweep plot from a report."""
+    recipe = report["recipe"]
     keys = ("zero_shot", "zero_shot_seen", "zero_shot_held_out", "held_out_pair", "held_out_top3", "i2t@1", "i2t@5",
             "t2i@1", "t2i@5")
     rows = [[loss, *(pct(m[k]) for k in keys), f"{m['wall']:.0f} s"] for loss, m in recipe.items()]
@@ -82,51 +98,50 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{args.image_size} px + MiniLM, {args.head} heads",
                 ["loss", "zero-shot 10 (chance 10%)", "seen 8", "held-out 2", "held-out pair (chance 50%)",
                  "held-out top-3 (chance 30%)", "i2t@1", "i2t@5", "t2i@1", "t2i@5", "train"], rows, args.markdown))
+    sweep = report.get("sweep") or {}
+    sizes = sorted({int(b) for cells in sweep.values() for b in cells})
+    if not sizes:
+        return
 
-    sizes = [int(b) for b in args.sweep.split(",") if b.strip()]
-    if sizes:
-        sweep: dict[str, dict[int, list[dict[str, Any]]]] = {loss: {} for loss in LOSSES}
-        for batch in sizes:
-            steps = max(1, args.pairs // batch)
-            for loss in LOSSES:
-                sweep[loss][batch] = [run(loss, batch, steps, args, seed=s) for s in range(args.seeds)]
+    def mean(loss: str, batch: int, key: str) -> float:
+        runs = sweep[loss][str(batch)]
+        return sum(m[key] for m in runs) / len(runs)
 
-        def mean(loss: str, batch: int, key: str) -> float:
-            return sum(m[key] for m in sweep[loss][batch]) / len(sweep[loss][batch])
+    rows = []
+    for batch in sizes:
+        sig, soft = mean("sigmoid", batch, "zero_shot"), mean("softmax", batch, "zero_shot")
+        rows.append([str(batch), str(max(1, args.pairs // batch)), pct(sig), pct(soft), ratio(sig, soft),
+                     pct(mean("sigmoid", batch, "zero_shot_seen")), pct(mean("softmax", batch, "zero_shot_seen")),
+                     pct(mean("sigmoid", batch, "zero_shot_held_out")),
+                     pct(mean("softmax", batch, "zero_shot_held_out"))])
+    print(table(f"Batch-size sweep: {args.pairs:,} pairs per run, lr {args.lr}, zero-shot (mean of {args.seeds} "
+                f"seed{'s' if args.seeds > 1 else ''})",
+                ["batch", "steps", "sigmoid, all 10", "softmax, all 10", "ratio", "sigmoid, seen 8", "softmax, seen 8",
+                 "sigmoid, held-out 2", "softmax, held-out 2"], rows, args.markdown))
+    if args.plot:
+        import matplotlib
 
-        rows = []
-        for batch in sizes:
-            sig, soft = mean("sigmoid", batch, "zero_shot"), mean("softmax", batch, "zero_shot")
-            rows.append([str(batch), str(max(1, args.pairs // batch)), pct(sig), pct(soft), ratio(sig, soft),
-                         pct(mean("sigmoid", batch, "zero_shot_held_out")),
-                         pct(mean("softmax", batch, "zero_shot_held_out"))])
-        print(table(f"Batch-size sweep: {args.pairs:,} pairs per run, lr {args.lr}, zero-shot on all 10 classes "
-                    f"(mean of {args.seeds} seed{'s' if args.seeds > 1 else ''})",
-                    ["batch", "steps", "sigmoid", "softmax", "ratio", "sigmoid held-out", "softmax held-out"],
-                    rows, args.markdown))
-        report["sweep"] = {loss: {str(b): v for b, v in cells.items()} for loss, cells in sweep.items()}
-        if args.plot:
-            import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(6, 3.6))
-            for loss, style in (("sigmoid", "o-"), ("softmax", "s--")):
-                ax.plot(sizes, [100 * mean(loss, b, "zero_shot") for b in sizes], style, label=f"{loss} (all 10)")
-                ax.plot(sizes, [100 * mean(loss, b, "zero_shot_held_out") for b in sizes], style, alpha=0.4,
-                        label=f"{loss} (held-out 2)")
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for loss, style, colour in (("sigmoid", "o-", "tab:blue"), ("softmax", "s--", "tab:orange")):
+            axes[0].plot(sizes, [100 * mean(loss, b, "zero_shot") for b in sizes], style, color=colour, label=loss)
+            axes[1].plot(sizes, [100 * mean(loss, b, "zero_shot_held_out") for b in sizes], style, color=colour,
+                         label=loss)
+        axes[0].set_title("all 10 classes")
+        axes[1].set_title("the 2 held-out classes (chance 10%)")
+        axes[1].axhline(10, color="grey", lw=0.8, ls=":")
+        for ax in axes:
             ax.set_xscale("log", base=2)
-            ax.set_xlabel(f"batch size ({args.pairs:,} pairs seen by each run)")
+            ax.set_xlabel(f"batch size ({args.pairs:,} pairs per run)")
             ax.set_ylabel("zero-shot accuracy (%)")
-            ax.axhline(10, color="grey", lw=0.8, ls=":")
             ax.legend(fontsize=8)
-            ax.set_title("Fashion-MNIST, LiT heads on EfficientNet-Lite0 + MiniLM")
-            fig.tight_layout()
-            fig.savefig(args.plot, dpi=110)
-            print(f"plot: {args.plot}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1, default=str))
+        fig.suptitle("SigLIP's sigmoid vs CLIP's softmax loss: LiT heads on EfficientNet-Lite0 + MiniLM, Fashion-MNIST",
+                     fontsize=10)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":
