@@ -154,6 +154,22 @@ def fashion_mnist_eval(heads: Heads, image_features: np.ndarray, labels: np.ndar
     return scores
 
 
+def _training_features(data: str | os.PathLike, tower: ImageTower, out: Path, train_images: int | None, seed: int,
+                       progress: Progress | None) -> tuple[np.ndarray, list[list[str]], list[dict[str, str]]]:
+    """``(image features, captions per image, skipped images)`` for training: Fashion-MNIST's from the feature cache
+    (held-out classes dropped, a seeded subset when ``train_images`` is set), a caption file's computed here."""
+    if str(data) == DATASET:
+        labels = fashion_mnist_labels("train")
+        index = np.flatnonzero(~np.isin(labels, HELD_OUT))
+        if train_images is not None and train_images < len(index):
+            index = np.sort(np.random.default_rng(seed).choice(index, train_images, replace=False))
+        by_class = [[t.format(name) for name in NAMES[c] for t in TEMPLATES] for c in range(len(CLASSES))]
+        return cached_image_features(tower, "train", progress)[index], [by_class[c] for c in labels[index]], []
+    pairs = load_pairs(data, limit=train_images, seed=seed)
+    features, kept, skipped = _file_features(tower, pairs, out, progress)
+    return features, [pairs.captions[i] for i in kept], skipped
+
+
 def _spread(features: torch.Tensor) -> torch.Tensor:
     """Per-channel std, floored at a tenth of the mean std: a near-constant channel (a few hundred distinct captions
     leave some) would otherwise get a huge weight once the standardisation is folded into the head."""
@@ -200,18 +216,7 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, *, image_tower: s
     state = open_checkpoint(out, settings, resume, AlignError)
 
     # -- features, computed once ------------------------------------------------------------------
-    pairs = load_pairs(data, limit=train_images, seed=seed)
-    skipped: list[dict[str, str]] = []
-    if str(data) == DATASET:
-        everything = cached_image_features(tower, "train", progress)
-        index = np.flatnonzero(~np.isin(fashion_mnist_labels("train"), HELD_OUT))
-        if train_images is not None and train_images < len(index):
-            index = np.sort(np.random.default_rng(seed).choice(index, train_images, replace=False))
-        image_features = everything[index]
-        captions = pairs.captions
-    else:
-        image_features, kept, skipped = _file_features(tower, pairs, out, progress)
-        captions = [pairs.captions[i] for i in kept]
+    image_features, captions, skipped = _training_features(data, tower, out, train_images, seed, progress)
     if len(image_features) < batch_size:
         raise AlignError(f"{data}: {len(image_features)} usable images, fewer than one batch of {batch_size}; "
                          "pass a smaller batch size or more images")
