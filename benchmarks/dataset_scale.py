@@ -8,7 +8,9 @@ peak memory is the largest resident set of that process and its workers (``getru
 fresh wrapper process per run).
 
 1. Throughput: ``--workers 1`` against ``--workers 2`` (the peer: one process), and ``--engine ray --workers 2``
-   against ``--engine local --workers 2``, images per second, as ratios.
+   against ``--engine local --workers 2``, images per second, as ratios. One process already spreads numpy's
+   matmuls over every core, so a second row holds one process to one core (``taskset -c 0``): the share each of
+   two workers gets, and the fair base for how the engine scales.
 2. Memory: the same one-process run on the first tenth of the images and on all of them; bounded memory means the
    two peaks agree.
 3. Kill and resume: a one-process run killed (SIGKILL) at a seeded random moment, then ``--resume``; its shards
@@ -64,11 +66,11 @@ _MEASURE = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)")
 
 
-def run(source: Path, out: Path, args: argparse.Namespace, *extra: str, kill_after: float | None = None
-        ) -> dict[str, float]:
+def run(source: Path, out: Path, args: argparse.Namespace, *extra: str, kill_after: float | None = None,
+        prefix: Sequence[str] = ()) -> dict[str, float]:
     """One ``vistok tokenize-dataset`` process: wall seconds and peak resident memory (MB) of it and its workers,
     read by a fresh wrapper process (``ru_maxrss`` of its children), so each run's peak is its own."""
-    command = [sys.executable, "-m", "vistok", "tokenize-dataset", str(source), "--out", str(out), "-t",
+    command = [*prefix, sys.executable, "-m", "vistok", "tokenize-dataset", str(source), "--out", str(out), "-t",
                args.tokenizer, "--shard-size", str(args.shard_size), "--batch-size", str(args.batch_size), *extra]
     started = time.perf_counter()
     if kill_after is not None:
@@ -118,16 +120,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     one = run(source, outs / "local-1", args)
     two = run(source, outs / "local-2", args, "--workers", "2")
     good = json.loads((outs / "local-1" / "_manifest.json").read_text())["rows"]
-    rows = [["local, 1 process (peer)", f"{good / one['seconds']:.0f}", "1.00x"],
-            ["local, 2 processes", f"{good / two['seconds']:.0f}", f"{one['seconds'] / two['seconds']:.2f}x"]]
+    rows = [["local, 1 process (peer)", f"{good / one['seconds']:.0f}", "1.00x", "-"],
+            ["local, 2 processes", f"{good / two['seconds']:.0f}", f"{one['seconds'] / two['seconds']:.2f}x", "-"]]
+    if shutil.which("taskset"):  # one process held to one core: what one worker does with its share
+        core = run(source, outs / "local-1-core", args, prefix=("taskset", "-c", "0"))
+        rows.insert(1, ["local, 1 process on 1 core (taskset)", f"{good / core['seconds']:.0f}",
+                        f"{one['seconds'] / core['seconds']:.2f}x", "1.00x"])
+        rows[2][3] = f"{core['seconds'] / two['seconds']:.2f}x"
     same = shards(outs / "local-2") == shards(outs / "local-1")
     if not args.skip_ray:
         ray = run(source, outs / "ray-2", args, "--engine", "ray", "--workers", "2")
         rows.append(["ray, 2 actors", f"{good / ray['seconds']:.0f}",
-                     f"{one['seconds'] / ray['seconds']:.2f}x ({two['seconds'] / ray['seconds']:.2f}x of local 2)"])
+                     f"{one['seconds'] / ray['seconds']:.2f}x ({two['seconds'] / ray['seconds']:.2f}x of local 2)", "-"])
         same = same and shards(outs / "ray-2") == shards(outs / "local-1")
     print(table(f"Throughput, {args.tokenizer} tokens, {good:,} good images (wall time of the whole command, start-up "
-                "included)", ["engine", "images/s", "speed-up over 1 process"], rows, args.markdown))
+                "included)", ["engine", "images/s", "speed-up over 1 process", "over 1 core"], rows, args.markdown))
     print(f"all engines wrote byte-identical shards: {same}\n")
 
     small_source = args.work / "small"

@@ -184,6 +184,8 @@ def _local(job: Job, pending: list[int], workers: int, done: Callable[[dict[str,
 def _init_worker(threads: int) -> None:
     """Give each worker its share of the cores: torch threads and the BLAS pool (numpy's matmuls). Without this,
     every process spins a thread per core and two workers on two cores crawl."""
+    import numpy  # noqa: F401 - threadpoolctl limits only the BLAS libraries already loaded
+
     try:
         from threadpoolctl import threadpool_limits
 
