@@ -263,3 +263,14 @@ def test_glob_sources_key_relative_to_the_fixed_part(photos):
 
     assert _glob_root("data/*/x*.jpg") == Path("data")
     assert _glob_root("*.jpg") == Path(".")
+
+
+def test_a_worker_gets_its_share_of_the_cores():
+    """A pool worker's BLAS runs on its share of the cores, even though numpy is not imported before the limit."""
+    import subprocess
+    import sys
+
+    code = ("from vistok.datasets.write import _init_worker; _init_worker(1); from threadpoolctl import "
+            "threadpool_info; print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[1]"
