@@ -8,7 +8,7 @@ real CLIP or SigLIP checkpoint (:class:`~vistok.tokenizers.clip.tokenizer.Contra
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,3 @@ class AlignedTokenizer(ContrastiveTokenizer):
         size = f" @ {tower['size']} px" if tower.get("size") else ""
         return (f"{type(self).__name__}({self.name}: {tower['name']}{size} + {self.settings['text_tower']['name']}, "
                 f"{loss} loss, {self.settings['embed_dim']}-d)")
-
-    def _config_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}

@@ -35,6 +35,7 @@ class Source:
     keys: list[str]
     _refs: list[Any] = field(repr=False)
     column: str | None = None
+    _opened: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -65,16 +66,25 @@ class Source:
             return out
         return self._read_table(indices)
 
+    def _table(self) -> Any:
+        """The opened table, once per Source (a worker reads many batches from it)."""
+        if self._opened is None:
+            if self.kind == "hf":
+                from datasets import Image, load_from_disk
+
+                self._opened = load_from_disk(self.root).cast_column(self.column, Image(decode=False))
+            else:
+                import pyarrow.dataset as ds
+
+                self._opened = ds.dataset(self.root, format="parquet")
+        return self._opened
+
     def _read_table(self, indices: Sequence[int]) -> list[Any]:
         if self.kind == "hf":
-            from datasets import Image, load_from_disk
-
-            data = load_from_disk(self.root).cast_column(self.column, Image(decode=False))
-            return [_payload(item, self.root) for item in data.select(list(indices))[self.column]]
-        import pyarrow.dataset as ds
-
-        table = ds.dataset(self.root, format="parquet").take(list(indices), columns=[self.column])
-        return [_payload(item, self.root) for item in table.column(self.column).to_pylist()]
+            items = self._table().select(list(indices))[self.column]
+        else:
+            items = self._table().take(list(indices), columns=[self.column]).column(self.column).to_pylist()
+        return [_payload(item, self.root) for item in items]
 
 
 def _payload(item: Any, root: str) -> Any:
