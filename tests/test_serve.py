@@ -13,8 +13,6 @@ import os
 import re
 import shutil
 import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ from vistok.samples import sample_images
 fastapi = pytest.importorskip("fastapi", reason="vistok serve needs the serve extra: pip install 'vistok[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from vistok.serve import DEFAULT_MODELS, ServeError, bind, create_app, url_of  # noqa: E402
+from vistok.serve import DEFAULT_MODELS, ServeError, background, bind, create_app  # noqa: E402
 
 SAMPLE = next(p for p in sample_images() if p.name == "chelsea.jpg")  # 451x300
 MODELS = ["llava-1.5-7b", "qwen2-vl-7b-instruct", "claude-sonnet-4.5"]  # the last is hosted: no KV cache shape
@@ -261,21 +259,9 @@ def test_serve_help_and_a_taken_port() -> None:
 
 @pytest.fixture(scope="module")
 def server():
-    """A real vistok serve on 127.0.0.1 (a free port), in a background thread; its page's URL."""
-    import uvicorn
-
-    sock = bind("127.0.0.1", 0)
-    instance = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning"))
-    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield url_of(sock)
-    instance.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
+    """A real vistok serve on 127.0.0.1 (a free port) in a background thread, for the module; its page's URL."""
+    with background("127.0.0.1", 0, timeout=30) as url:
+        yield url
 
 
 def test_the_server_answers_over_tcp(server: str) -> None:
@@ -285,6 +271,18 @@ def test_the_server_answers_over_tcp(server: str) -> None:
         while chunk := conn.recv(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200") and b'"default_models"' in reply
+
+
+def test_background_serves_until_the_block_ends() -> None:
+    import json
+    import urllib.request
+
+    with background(max_upload_bytes=5000) as url:
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        with urllib.request.urlopen(url + "api/options", timeout=10) as reply:
+            assert json.load(reply)["limits"]["max_upload_bytes"] == 5000
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def _browser():

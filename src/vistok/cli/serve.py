@@ -25,14 +25,16 @@ def serve_command(
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open the page in the default browser.")
                             ] = False,
 ) -> None:
-    """Serve a local web page that draws any image's tokens: drop, paste or choose an image, pick a tokenizer, a
-    reducer and an amount, and VLMs; hover a token for its id or norm, patch and group; read the token count and
-    KV-cache cost in each VLM, and the decoded image where the tokenizer decodes.
+    """A local web page that draws any image's tokens and counts what they cost in VLMs.
+
+    Drop, paste or choose an image; pick a tokenizer, a reducer and an amount, and VLMs. The page draws every
+    token over the image (hover one for its id or norm, its patch and its group after reduction), shows the
+    token count and KV-cache cost in each VLM, and the decoded image where the tokenizer decodes.
 
     Example: vistok serve --port 8000, then open http://127.0.0.1:8000/
 
     The page works offline (no files from other sites). Scripts can call its JSON API: GET /api/options and
-    POST /api/tokenize (see docs/serve.md). Needs the serve extra: pip install 'vistok[serve]'. Ctrl-C stops it.
+    POST /api/tokenize (see docs/serve.md). Needs the serve extra: pip install 'vistok\\[serve]'. Ctrl-C stops it.
     """
     from vistok.serve import ServeError, run
 

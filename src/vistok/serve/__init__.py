@@ -10,10 +10,12 @@ HTML file with its script and styles inline, so it works without a network. See 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 import webbrowser
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vistok._sources import DEFAULT_MAX_PIXELS
@@ -22,8 +24,8 @@ from vistok.serve.api import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MODELS, RequestEr
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MODELS", "RequestError", "ServeError", "bind", "create_app", "run",
-           "url_of"]
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MODELS", "RequestError", "ServeError", "background", "bind",
+           "create_app", "run", "url_of"]
 
 _MISSING = "vistok serve needs FastAPI, uvicorn and python-multipart ({}): pip install 'vistok[serve]'"
 
@@ -102,4 +104,30 @@ def run(host: str = "127.0.0.1", port: int = 8000, *, max_upload_bytes: int = DE
     try:
         server.run(sockets=[sock])
     finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def background(host: str = "127.0.0.1", port: int = 0, *, timeout: float = 30.0, **settings: Any) -> Iterator[str]:
+    """The server running in a background thread for the ``with`` block, which gets the page's URL (port 0: a
+    free port); stopped on leaving it. ``settings`` go to :func:`create_app`. For notebooks, scripts and tests."""
+    app = create_app(**settings)
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise ServeError(_MISSING.format(exc)) from None
+    sock = bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="vistok-serve", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ServeError(f"the server on {url_of(sock)} did not start within {timeout:g} s")
+            time.sleep(0.02)
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout)
         sock.close()
