@@ -36,64 +36,23 @@ import numpy as np
 from PIL import Image
 
 import vistok
-from vistok.learned.data import FASHION_MNIST, read_idx
+from vistok.compare import knn
+from vistok.compare.knn import knn_accuracy, pooled, upscale  # noqa: F401 - other benchmarks import them from here
 
-DATA = FASHION_MNIST  # the same files (and VISTOK_FASHION_MNIST override) the learned tokenizers train on
 FOCUS = "focus-vit-s14"
 
 
-# -- data ---------------------------------------------------------------------------------------------
-
 def load_split(n_train: int, n_test: int, seed: int, validation: bool = False
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``n_train`` images from the training set and ``n_test`` from the test set (``t10k``); with
-    ``validation``, the second part comes from the training set too (disjoint from the first), the split on
-    which the default layer is chosen, so that the test-set numbers are not the ones it was picked on."""
-    if not (DATA / "train-images-idx3-ubyte.gz").is_file():
-        sys.exit(f"Fashion-MNIST is not in {DATA}; install it with `apt-get install -y dataset-fashion-mnist`")
-    rng = np.random.default_rng(seed)
-    train_x = read_idx(DATA / "train-images-idx3-ubyte.gz")
-    train_y = read_idx(DATA / "train-labels-idx1-ubyte.gz").astype(np.int64)
-    if validation:
-        pick = rng.choice(len(train_x), n_train + n_test, replace=False)
-        a, b = np.sort(pick[:n_train]), np.sort(pick[n_train:])
-        return train_x[a], train_y[a], train_x[b], train_y[b]
-    test_x = read_idx(DATA / "t10k-images-idx3-ubyte.gz")
-    test_y = read_idx(DATA / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
-    a = np.sort(rng.choice(len(train_x), n_train, replace=False))
-    b = np.sort(rng.choice(len(test_x), n_test, replace=False))
-    return train_x[a], train_y[a], test_x[b], test_y[b]
-
-
-def upscale(images: np.ndarray, size: int) -> list[Image.Image]:
-    return [Image.fromarray(im, "L").convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for im in images]
-
-
-# -- k-NN ---------------------------------------------------------------------------------------------
-
-def knn_accuracy(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray, k: int) -> float:
-    from sklearn.neighbors import KNeighborsClassifier
-
-    clf = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
-    clf.fit(train, y_train)
-    return float((clf.predict(test) == y_test).mean())
-
-
-def pooled(tokens: vistok.Tokens, vocab: int | None = None) -> np.ndarray:
-    """Mean token (soft) or id histogram (hard) of one image."""
-    if tokens.is_hard:
-        return np.bincount(tokens.values, minlength=vocab or int(tokens.values.max()) + 1).astype(np.float32) / len(tokens)
-    return tokens.values.mean(axis=0)
+    """:func:`vistok.compare.knn.load_split`, exiting with its message when Fashion-MNIST is not installed."""
+    try:
+        return knn.load_split(n_train, n_test, seed, validation)
+    except FileNotFoundError as error:
+        sys.exit(str(error))
 
 
 def features(name: str, images: Sequence[Image.Image], **options: object) -> np.ndarray:
-    tok = vistok.load(name, **options)
-    vocab = getattr(tok, "vocab_size", None) if vistok.tokenizer_info(name).kind == "hard" else None
-    out = []
-    for start in range(0, len(images), 64):
-        batch = tok.encode(list(images[start:start + 64]))
-        out += [pooled(t, vocab) for t in batch]
-    return np.stack(out)
+    return knn.encode_pooled(vistok.load(name, **options), images)
 
 
 def focus_sweep(images: Sequence[Image.Image], size: int) -> dict[str, np.ndarray]:

@@ -26,8 +26,6 @@ mostly wait). If the ``text`` detector cannot be loaded, its row is skipped with
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import platform
 import sys
@@ -39,39 +37,6 @@ import numpy as np
 
 sys.path.insert(0, str(os.path.dirname(os.path.abspath(__file__))))
 from bench_knn import table  # noqa: E402
-
-
-def coco_scores(truth: Sequence[np.ndarray], detections: Sequence[Sequence[Any]],
-                sizes: Sequence[tuple[int, int]]) -> dict[str, float]:
-    """pycocotools ``COCOeval`` (bbox) of one-category ``detections`` (lists of Regions) against ``truth``
-    (``(k, 4)`` x0, y0, x1, y1 arrays): AP (.50:.95), AP50, AR@100."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    def xywh(box: Sequence[float]) -> list[float]:
-        x0, y0, x1, y1 = (float(v) for v in box)
-        return [x0, y0, x1 - x0, y1 - y0]
-
-    images = [{"id": i + 1, "width": int(w), "height": int(h)} for i, (w, h) in enumerate(sizes)]
-    pairs = [(i, box) for i, boxes in enumerate(truth) for box in boxes]
-    # ids from 1: COCOeval marks a detection matched by the id of its ground truth, so an id of 0 reads unmatched
-    annotations = [{"id": k + 1, "image_id": i + 1, "category_id": 1, "bbox": xywh(box),
-                    "area": float((box[2] - box[0]) * (box[3] - box[1])), "iscrowd": 0}
-                   for k, (i, box) in enumerate(pairs)]
-    results = [{"image_id": i + 1, "category_id": 1, "bbox": xywh(r.box), "score": float(r.score)}
-               for i, regions in enumerate(detections) for r in regions]
-    if not results:
-        return {"AP": 0.0, "AP50": 0.0, "AR100": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary
-        gt = COCO()
-        gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}
-        gt.createIndex()
-        evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    stats = evaluation.stats
-    return {"AP": float(stats[0]), "AP50": float(stats[1]), "AR100": float(stats[8])}
 
 
 def run(detector: Any, images: Sequence[Any]) -> tuple[list[list[Any]], list[float]]:
@@ -99,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # before scikit-image's OpenMP starts
 
     from vistok.regions.base import load_detector
+    from vistok.regions.evaluate import coco_scores
     from vistok.regions.synthetic import face_composites, text_images
 
     try:
@@ -135,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ImportError as error:
             notes.append(f"{detector_name} skipped: {type(error).__name__}: {error}")
             continue
-        scores = coco_scores(truth, found, [im.size for im in images])
+        scores = coco_scores(truth, [np.array([r.box for r in f], np.float64).reshape(-1, 4) for f in found],
+                             [np.array([r.score for r in f], np.float64) for f in found], [im.size for im in images])
         ms = np.asarray(seconds) * 1e3
         rows.append([set_name, f"{detector_name} ({label})", f"{len(images)}", f"{sum(len(t) for t in truth)}",
                      f"{sum(len(f) for f in found)}", f"{scores['AP']:.3f}", f"{scores['AP50']:.3f}",

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from PIL import Image
 
-__all__ = ["psnr", "codebook_usage"]
+__all__ = ["psnr", "ssim", "codebook_usage"]
 
 
 def _pixels(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -21,6 +21,20 @@ def psnr(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray, pe
         raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
     mse = float(np.mean((a - b) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def ssim(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray, peak: float = 255.0) -> float:
+    """Mean structural similarity (Wang et al., IEEE TIP 2004) over colour channels, scikit-image's
+    ``structural_similarity`` with a 7-pixel window (smaller for images under 7 pixels on a side; NaN under 3)."""
+    from skimage.metrics import structural_similarity
+
+    a, b = _pixels(reference), _pixels(test)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    win = min(7, *[s if s % 2 else s - 1 for s in a.shape[:2]])
+    if win < 3:
+        return math.nan
+    return float(structural_similarity(a, b, data_range=peak, channel_axis=2 if a.ndim == 3 else None, win_size=win))
 
 
 def codebook_usage(ids: np.ndarray, vocab_size: int) -> dict[str, float]:
