@@ -251,15 +251,21 @@ def _model_rows(size: tuple[int, int], models: Sequence[str], info: Any, amount:
 
     rows = []
     for model in models:
-        counted = vistok.count(size, model=model)
-        lm = resolve_model(model).lm
+        entry = resolve_model(model)
+        lm = entry.lm
 
         def kv(c: Any, lm: str | None = lm) -> int | None:
             return vistok.cost(c).kv_cache_bytes if lm is not None else None
 
-        row: dict[str, Any] = {"model": counted.model, "family": counted.family, "lm": lm,
-                               "image_tokens": counted.image_tokens, "total_positions": counted.total_positions,
-                               "kv_cache_bytes": kv(counted), "reduced": None}
+        try:
+            counted = vistok.count(size, model=model)
+            row: dict[str, Any] = {"model": counted.model, "family": counted.family, "lm": lm,
+                                   "image_tokens": counted.image_tokens, "total_positions": counted.total_positions,
+                                   "kv_cache_bytes": kv(counted), "reduced": None, "error": None}
+        except ValueError as exc:  # a model that refuses this image (Qwen-VL past 200:1): said in its row
+            rows.append({"model": entry.name, "family": entry.family, "lm": lm, "image_tokens": None, "total_positions": None,
+                         "kv_cache_bytes": None, "reduced": None, "error": str(exc)})
+            continue
         crossed = int(counted.breakdown.get("cross_attention_states", 0))
         k = _reduced_count(counted.image_tokens, info, amount) if info is not None and not crossed else None
         if k is not None:
