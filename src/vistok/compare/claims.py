@@ -50,7 +50,9 @@ def _fmt(value: float, unit: str) -> str:
     if unit == "bits":
         return f"{value / 1000:,.1f} kbit"
     if unit == "dB":
-        return f"{value:.1f} dB"
+        from vistok.compare.core import LOSSLESS_DB
+
+        return "lossless" if value >= LOSSLESS_DB else f"{value:.1f} dB"
     if unit == "img/s":
         return f"{value:,.1f} img/s"
     return f"{value:.3f}"
