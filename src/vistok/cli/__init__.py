@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from vistok.cli import align, budget, dataset, demo, fit, learned, serve, tokens, train_vlm, vlm
+from vistok.cli import align, budget, compare, dataset, demo, fit, learned, serve, tokens, train_vlm, vlm
 from vistok.cli._common import parse_config, parse_reduce
 
 app = typer.Typer(
@@ -58,6 +58,7 @@ app.command("vlm")(vlm.vlm_command)
 app.command("train-vlm")(train_vlm.train_vlm_command)
 app.command("align")(align.align_command)
 app.command("tokenize-dataset")(dataset.tokenize_dataset_command)
+app.command("compare")(compare.compare_command)
 app.command("serve")(serve.serve_command)
 
 
