@@ -42,7 +42,7 @@ _LAZY = {
 
 
 #: Subpackages reachable as attributes without importing them first (they load torch).
-_SUBMODULES = {"vlm", "align", "datasets"}
+_SUBMODULES = {"vlm", "align", "datasets", "compare", "serve"}
 
 
 def __getattr__(name: str) -> Any:

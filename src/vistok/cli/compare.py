@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from vistok.cli._common import err, error, gather_inputs, progress_bar, warn_skipped
-from vistok.compare.core import DEFAULT_TOKENIZERS
+from vistok.compare import DEFAULT_TOKENIZERS
 
 
 def compare_command(
@@ -56,7 +56,7 @@ def compare_command(
             min(scenes, 12)
     settings = Settings(knn=knn, knn_train=knn_train, knn_test=knn_test, knn_size=knn_size, ap_images=ap_images,
                         scenes=scenes, seed=seed)
-    from vistok.compare.core import STAGES
+    from vistok.compare import STAGES
     from vistok.registry import tokenizer_info
 
     try:

@@ -24,14 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vistok.compare import measures
+from vistok.compare import DEFAULT_TOKENIZERS, STAGES, measures
 from vistok.compare.perturb import PERTURBATIONS, perturb
 from vistok.tokens import Tokens
 
-__all__ = ["DEFAULT_TOKENIZERS", "Settings", "Row", "Comparison", "compare"]
+__all__ = ["Settings", "Row", "Comparison", "compare"]
 
-#: What ``vistok compare`` measures when no ``--tokenizers`` are given: hard and soft, decoders and encoders, regions.
-DEFAULT_TOKENIZERS = ("grid", "patch", "fsq-natural64", "focus-vit-s14", "efficientnet-lite0", "regions:text")
 #: PSNR is capped here: a lossless decode (infinite PSNR) reads as this many dB.
 LOSSLESS_DB = 100.0
 _BOUNDARY_SIDE = 256  # images are measured for boundaries at this longer side
@@ -311,9 +309,6 @@ def _knn_data(settings: Settings) -> tuple[list[Image.Image], np.ndarray, list[I
 
     x_train, y_train, x_test, y_test = load_split(settings.knn_train, settings.knn_test, settings.seed)
     return upscale(x_train, settings.knn_size), y_train, upscale(x_test, settings.knn_size), y_test
-
-
-STAGES = ("load", "your images", "Fashion-MNIST k-NN", "regions and scenes")
 
 
 def _measure_tokenizer(name: str, images: list[Image.Image], references: list[np.ndarray], knn_data: Any,
