@@ -195,6 +195,10 @@ def test_decoded_image_where_the_tokenizer_decodes(client: TestClient) -> None:
 @pytest.mark.parametrize("form, status, words", [
     ({"tokenizer": "gird"}, 400, ["unknown tokenizer 'gird'", "did you mean 'grid'", "patch", "focus-vit-s14"]),
     ({"tokenizer": "grid", "reducer": "tome", "amount": "0.5"}, 400, ["hard ids", "stride"]),
+    # a path is not a name: the server opens no file of its own on a request's word
+    ({"tokenizer": str(Path(vistok.__file__).parent / "weights" / "fsq-natural64.safetensors")}, 400,
+     ["unknown tokenizer", "grid"]),
+    ({"tokenizer": "regions:../../etc"}, 400, ["unknown detector"]),
     ({"tokenizer": "grid", "reducer": "cls-attention", "amount": "16"}, 400, ["'cls_attention' signal"]),
     ({"tokenizer": "grid", "reducer": "stride"}, 400, ["needs an amount"]),
     ({"tokenizer": "grid", "reducer": "stride", "amount": "lots"}, 400, ["'lots'", "ratio"]),

@@ -71,6 +71,12 @@ class TokenizerCache:
 def _load(name: str) -> Any:
     import vistok
 
+    base = name.partition(":")[0]
+    if base not in vistok.list_tokenizers():  # names only: a page must not make the server open its own files
+        try:
+            vistok.tokenizer_info(base)
+        except KeyError as exc:
+            raise RequestError(f"{exc.args[0]}; pick one of the names GET /api/options lists") from None
     try:
         tokenizer = vistok.load(name)
         tokenizer.check()
