@@ -86,6 +86,8 @@ def checks(small: str) -> list[Check]:
         needs_extra("train", "samples-64", "-t", "fsq", "--steps", "1", "--out", "run"),
         needs_extra("eval-recon", "fsq-fmnist", "samples-64"),
         needs_extra("tokenize", SAMPLE, "-t", "regions:faces"),
+        needs_extra("compare", SAMPLE, "-t", "grid"),
+        needs_extra("serve", "--port", "0"),
     ]
 
 

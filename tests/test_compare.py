@@ -183,7 +183,7 @@ def test_claims_hold_fail_split_or_go_unmeasured():
             _row("s", "soft", class_ami=0.1, psnr=30.0, knn=0.5, bits_per_image=1000.0, images_per_s=50.0)]
     verdicts = {v.aspect: v for v in judge(rows)}
     assert [c.aspect for c in CLAIMS] == list(verdicts)
-    assert verdicts["Interpretability"].verdict == "holds"  # hard 0.3 > soft 0.1, as the seed says
+    assert verdicts["Interpretability"].verdict == "holds"  # hard 0.3 > soft 0.1, as the claim says
     assert verdicts["Detail preservation"].verdict == "partly"  # soft wins PSNR, hard wins k-NN
     assert verdicts["Computational efficiency"].verdict == "partly"  # hard smaller, soft faster
     assert verdicts["Boundary handling"].verdict == "not measured"  # no soft edge fidelity
@@ -250,7 +250,7 @@ def test_compare_writes_markdown_html_and_json(small_run, tmp_path: Path):
     result = small_run[0]
     paths = result.write(tmp_path / "report")
     md, page = paths["markdown"].read_text(), paths["html"].read_text()
-    assert "| grid | hard |" in md and "## The seed's hard-versus-soft claims, measured" in md
+    assert "| grid | hard |" in md and "## Hard-versus-soft claims, measured" in md
     assert "clip failed:" in md and "skipped" in md
     for verdict in result.claims():
         assert verdict.aspect in md and verdict.aspect in page

@@ -31,7 +31,7 @@ def compare_command(
     quick: Annotated[bool, typer.Option("--quick", help="Small labelled sets (100/50 k-NN images, 8 AP images, "
                                                         "12 scenes): a first look in about a minute.")] = False,
 ) -> None:
-    """Measure tokenizers side by side on your images and on small labelled sets, and judge the seed's claims.
+    """Measure tokenizers side by side on your images and on small labelled sets, and judge the common hard-vs-soft claims.
 
     Example: vistok compare photos/ -t grid,patch,fsq-natural64,focus-vit-s14,efficientnet-lite0,regions:text
 
@@ -42,6 +42,12 @@ def compare_command(
     the numbers and a verdict. Unreadable images are skipped with a warning; a tokenizer that fails keeps its
     row with the error (exit 1).
     """
+    import importlib.util
+
+    missing = [m for m in ("skimage", "matplotlib", "scipy") if importlib.util.find_spec(m) is None]
+    if missing:
+        error(f"vistok compare needs {', '.join(missing)}: pip install 'vistok[compare]'")
+        raise typer.Exit(1)
     from vistok.compare import Settings, compare
 
     names = [t.strip() for t in tokenizers.split(",") if t.strip()]
@@ -75,7 +81,7 @@ def compare_command(
     paths = result.write(out_dir)
     from rich.table import Table
 
-    table = Table(title="the seed's hard-vs-soft claims, measured here")
+    table = Table(title="hard-vs-soft claims, measured here")
     for column in ("aspect", "measured", "verdict"):
         table.add_column(column, overflow="fold")
     for verdict in result.claims():

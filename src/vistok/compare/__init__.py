@@ -1,4 +1,4 @@
-"""Tokenizers measured side by side: the seed's hard-versus-soft table with numbers.
+"""Tokenizers measured side by side: the common hard-versus-soft table with numbers.
 
     from vistok.compare import compare
     result = compare(["cat.jpg"], ["grid", "patch", "focus-vit-s14"])

@@ -25,7 +25,7 @@ class Measure:
 
 @dataclass(frozen=True)
 class Claim:
-    """One row of the seed's table: what it says of hard and of soft tokens, the side it favours, and how vistok
+    """One row of the overview's table: what it says of hard and of soft tokens, the side it favours, and how vistok
     measures it."""
 
     aspect: str

@@ -106,7 +106,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
 
     def claims(self) -> list[Any]:
-        """The seeds' hard-versus-soft claims with what was measured here (:func:`vistok.compare.claims.judge`)."""
+        """The hard-versus-soft claims of the image tokenization overview, with what was measured here (:func:`vistok.compare.claims.judge`)."""
         from vistok.compare.claims import judge
 
         return judge(self.rows)

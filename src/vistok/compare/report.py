@@ -72,9 +72,9 @@ def tables(comparison: Any) -> list[Table]:
                 [[r.tokenizer, r.kind, _num(r.class_ami, 3),
                   _pct(r.region_ap["AP"]) if r.region_ap else "-", _pct(r.region_ap["AP50"]) if r.region_ap else "-",
                   _pct(r.scene_boundary_recall), _num(r.edge_fidelity, 3)] for r in rows])
-    claims = ("The seed's hard-versus-soft claims, measured",
+    claims = ("Hard-versus-soft claims, measured",
               "Best hard tokenizer against best soft tokenizer on each measure.",
-              ["aspect", "hard tokens (seed)", "soft tokens (seed)", "measured here", "verdict"],
+              ["aspect", "hard tokens (claim)", "soft tokens (claim)", "measured here", "verdict"],
               [[v.aspect, v.hard, v.soft, v.measured, v.verdict] for v in comparison.claims()])
     return [size, change, knn, labelled, claims]
 
