@@ -74,6 +74,44 @@ def test_fashion_mnist_pairs_hold_two_classes_out():
     assert len(test_pairs) == 10_000 and set(test_pairs.labels.tolist()) == set(range(len(CLASSES)))
 
 
+def test_described_captions_add_each_name_with_its_description():
+    from vistok.align.data import DESCRIPTIONS, TEMPLATES, class_captions, class_prompt
+
+    assert len(DESCRIPTIONS) == len(CLASSES) == len(set(DESCRIPTIONS))
+    plain, described = class_captions(7, "names"), class_captions(7, "described")
+    assert len(plain) == 3 * len(TEMPLATES) and described[:len(plain)] == plain
+    assert "a photo of a sneaker, a low closed sports shoe with laces." in described and len(described) == 2 * len(plain)
+    assert class_prompt(2) == "a photo of a pullover."
+    assert class_prompt(2, "described") == "a photo of a pullover, a long-sleeved knitted top without buttons."
+    train_pairs = fashion_mnist_pairs("train", limit=300, style="described")
+    seen = " | ".join(c for group in train_pairs.captions for c in group)
+    assert DESCRIPTIONS[0] in seen and DESCRIPTIONS[2] not in seen and DESCRIPTIONS[7] not in seen  # held out
+    with pytest.raises(ValueError, match="caption style must be one of names, described"):
+        class_captions(0, "poems")
+
+
+def test_fashion_mnist_training_captions_follow_the_style(monkeypatch, tmp_path):
+    import importlib
+
+    from vistok.align.data import class_captions
+    from vistok.align.towers import ImageTower
+
+    train_module = importlib.import_module("vistok.align.train")
+    labels = train_module.fashion_mnist_labels("train")
+    monkeypatch.setattr(train_module, "cached_image_features", lambda tower, split, progress=None:
+                        np.zeros((len(labels), 4), np.float32))
+    tower = ImageTower("efficientnet-lite0", 64)
+    for style in ("names", "described"):
+        features, captions, _ = train_module._training_features("fashion-mnist", tower, tmp_path, 50, 0, None, style)
+        assert features.shape == (50, 4) and len(captions) == 50
+        first = next(c for c in range(len(CLASSES)) if class_captions(c, style) == captions[0])
+        assert captions[0] == class_captions(first, style) and first not in HELD_OUT
+    _, captions, _ = train_module._training_features("fashion-mnist", tower, tmp_path, None, 0, None, "names",
+                                                     (*HELD_OUT, 4, 9))
+    used = {c for c in range(len(CLASSES)) for group in captions[:2000] if group == class_captions(c)}
+    assert len(captions) == 36_000 and used.isdisjoint({2, 7, 4, 9})  # 6,000 training images per class
+
+
 def test_read_captions_csv_jsonl_and_errors(tmp_path, captions):
     pairs = read_captions(captions)
     assert len(pairs) == 65 and pairs.captions[0] == ["a red square", "a photo of a red square"]
@@ -227,6 +265,7 @@ def test_softmax_training_and_chunked_sigmoid(captions, tmp_path, trained):
     ({"batch_size": 500}, "fewer than one batch"),
     ({"loss": "softmax", "chunk": 4}, "chunk applies to the sigmoid loss only"),
     ({"image_tower": "resnet"}, "unknown image tower"),
+    ({"captions": "poems"}, "captions must be one of names, described"),
 ])
 def test_train_refuses_bad_options(captions, tmp_path, options, message):
     with pytest.raises(AlignError, match=message):

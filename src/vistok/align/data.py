@@ -1,7 +1,8 @@
 """Images with captions for :func:`vistok.align.train`.
 
 - ``fashion-mnist``: Fashion-MNIST (Xiao, Rasul and Vollgraf, 2017) with captions written from its class names:
-  each class has a few everyday names and each caption puts one into one of :data:`TEMPLATES`. The classes in
+  each class has a few everyday names and each caption puts one into one of :data:`TEMPLATES`. With the
+  ``described`` caption style each name also appears followed by the class's description (:data:`DESCRIPTIONS`). The classes in
   :data:`HELD_OUT` never appear in training, neither their images nor their names, so zero-shot accuracy on them
   measures transfer through the text tower alone.
 - a caption file: CSV with ``image`` and ``caption`` columns, or JSON Lines with those keys, one pair per row
@@ -20,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CLASSES", "NAMES", "TEMPLATES", "HELD_OUT", "Pairs", "fashion_mnist_pairs", "read_captions",
+__all__ = ["CLASSES", "NAMES", "TEMPLATES", "DESCRIPTIONS", "CAPTION_STYLES", "HELD_OUT", "Pairs", "class_captions",
+           "class_prompt", "fashion_mnist_pairs", "read_captions",
            "load_pairs", "fashion_mnist_labels"]
 
 #: Fashion-MNIST's ten classes, in label order, as its authors name them.
@@ -41,11 +43,45 @@ NAMES: tuple[tuple[str, ...], ...] = (
 #: Caption templates; ``{}`` is replaced by a class name.
 TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "a grey photo of a {}.", "a product photo of a {}.",
              "a small image of a {}.", "a low resolution photo of a {}.", "this is a {}.")
+#: One short description per class, written from what each garment or shoe is (not from its images). Their words
+#: are shared across classes (long-sleeved, collar, closed shoe, laces, ...), so a class never seen in training is
+#: described in words that were: the idea of attribute-based zero-shot learning (Lampert, Nickisch and
+#: Harmeling, CVPR 2009), here as text in the prompt, as in classification by description (Menon and Vondrick,
+#: ICLR 2023).
+DESCRIPTIONS = ("short-sleeved top without a collar", "long garment for both legs",
+                "long-sleeved knitted top without buttons", "one-piece garment with a skirt",
+                "long-sleeved outer jacket with buttons or a zip", "open shoe with straps",
+                "long-sleeved top with a collar and buttons", "low closed sports shoe with laces",
+                "carried bag with a handle", "closed shoe that covers the ankle")
+#: ``names``: captions from class names alone; ``described``: those, and each name followed by its description.
+CAPTION_STYLES = ("names", "described")
 #: Label ids left out of training entirely: Pullover and Sneaker, chosen before any run because each has
 #: neighbours that are seen (coat and shirt; sandal and ankle boot), so the text tower's knowledge must
 #: place them.
 HELD_OUT = (2, 7)
 DATASET = "fashion-mnist"
+
+
+def _check_style(style: str) -> None:
+    if style not in CAPTION_STYLES:
+        raise ValueError(f"caption style must be one of {', '.join(CAPTION_STYLES)}, got {style!r}")
+
+
+def class_captions(label: int, style: str = "names") -> list[str]:
+    """Every training caption of Fashion-MNIST class ``label``: each name in each template, and with
+    ``described`` also each ``"{name}, a {description}"`` in each template."""
+    _check_style(style)
+    names = list(NAMES[label])
+    if style == "described":
+        names += [f"{name}, a {DESCRIPTIONS[label]}" for name in NAMES[label]]
+    return [t.format(name) for name in names for t in TEMPLATES]
+
+
+def class_prompt(label: int, style: str = "names", template: str = "a photo of a {}.") -> str:
+    """The zero-shot prompt of class ``label``: its first name, followed by its description for ``described``."""
+    _check_style(style)
+    name = NAMES[label][0]
+    return template.format(f"{name}, a {DESCRIPTIONS[label]}" if style == "described" else name)
 
 
 @dataclass
@@ -70,7 +106,7 @@ def fashion_mnist_labels(split: str) -> np.ndarray:
 
 
 def fashion_mnist_pairs(split: str = "train", *, limit: int | None = None, held_out: tuple[int, ...] = HELD_OUT,
-                        seed: int = 0) -> Pairs:
+                        seed: int = 0, style: str = "names") -> Pairs:
     """Fashion-MNIST images as ``(28, 28, 3)`` uint8 arrays with every caption of their class. For ``train``,
     the ``held_out`` classes are dropped and ``limit`` keeps a seeded random subset; ``test`` keeps every class."""
     from vistok.learned.data import fashion_mnist
@@ -82,7 +118,7 @@ def fashion_mnist_pairs(split: str = "train", *, limit: int | None = None, held_
         keep = keep[~np.isin(labels, held_out)]
     if limit is not None and limit < len(keep):
         keep = np.sort(np.random.default_rng(seed).choice(keep, limit, replace=False))
-    captions = {c: [t.format(name) for name in NAMES[c] for t in TEMPLATES] for c in range(len(CLASSES))}
+    captions = {c: class_captions(c, style) for c in range(len(CLASSES))}
     return Pairs([np.repeat(images[i], 3, axis=2) for i in keep], [captions[int(labels[i])] for i in keep],
                  labels[keep], source=f"{DATASET}/{split}")
 

@@ -25,7 +25,19 @@ import numpy as np
 import torch
 
 from vistok._training import CHECKPOINT, open_checkpoint, optimizer_step, save_checkpoint
-from vistok.align.data import CLASSES, DATASET, HELD_OUT, NAMES, TEMPLATES, Pairs, fashion_mnist_labels, load_pairs
+from vistok.align.data import (
+    CAPTION_STYLES,
+    CLASSES,
+    DATASET,
+    HELD_OUT,
+    NAMES,
+    TEMPLATES,
+    Pairs,
+    class_captions,
+    class_prompt,
+    fashion_mnist_labels,
+    load_pairs,
+)
 from vistok.align.evaluate import recall_at, zero_shot_accuracy
 from vistok.align.heads import HEADS, Heads
 from vistok.align.sigmoid_loss import INIT_LOGIT_BIAS, sigmoid_loss, sigmoid_loss_chunked
@@ -123,19 +135,24 @@ def _file_features(tower: ImageTower, pairs: Pairs, out: Path, progress: Progres
 
 
 def fashion_mnist_eval(heads: Heads, image_features: np.ndarray, labels: np.ndarray, text_tower: TextTower,
-                       held_out: tuple[int, ...] = HELD_OUT) -> dict[str, float]:
-    """Scores on the Fashion-MNIST test set, with the prompt ``"a photo of a {name}."`` per class:
+                       held_out: tuple[int, ...] = HELD_OUT, style: str = "names") -> dict[str, float]:
+    """Scores on the Fashion-MNIST test set, with one prompt per class (:func:`vistok.align.data.class_prompt`:
+    ``"a photo of a {name}, a {description}."``, or ``"a photo of a {name}."`` for the ``names`` style):
 
     - ``zero_shot``: accuracy over all ten classes; ``zero_shot_seen`` and ``zero_shot_held_out``: the same choice
       among all ten, on the seen and on the held-out classes' images (chance 10%);
     - ``held_out_pair``: held-out images choosing between the held-out classes only (chance 50%), and
       ``held_out_top3``: the share whose class is among the three best of ten (chance 30%);
+    - ``zero_shot_names``, ``zero_shot_seen_names``, ``zero_shot_held_out_names``: the first three with the
+      prompts of names alone, for the ``described`` style;
     - ``i2t@k``/``t2i@k``: retrieval between 1,000 test images and one seeded caption each (a random template and
       name of its class); a caption matches every image of its class."""
     with torch.no_grad():
         img = heads.image(torch.from_numpy(image_features).float()).numpy()
-        prompts = [ZERO_SHOT_TEMPLATE.format(NAMES[c][0]) for c in range(len(CLASSES))]
+        prompts = [class_prompt(c, style, ZERO_SHOT_TEMPLATE) for c in range(len(CLASSES))]
         cls = heads.text(torch.from_numpy(text_tower.features(prompts)).float()).numpy()
+        plain = [class_prompt(c, "names", ZERO_SHOT_TEMPLATE) for c in range(len(CLASSES))]
+        cls_names = cls if style == "names" else heads.text(torch.from_numpy(text_tower.features(plain)).float()).numpy()
         rng = np.random.default_rng(0)
         first = labels[:1000]
         captions = [TEMPLATES[rng.integers(len(TEMPLATES))].format(NAMES[c][rng.integers(len(NAMES[c]))])
@@ -150,20 +167,25 @@ def fashion_mnist_eval(heads: Heads, image_features: np.ndarray, labels: np.ndar
               "zero_shot_held_out": zero_shot_accuracy(img[mask], cls, labels[mask]),
               "held_out_pair": float((pair[sim[:, pair].argmax(1)] == labels[mask]).mean()),
               "held_out_top3": float(((sim > own[:, None]).sum(1) < 3).mean())}
+    if style != "names":
+        scores.update({"zero_shot_names": zero_shot_accuracy(img, cls_names, labels),
+                       "zero_shot_seen_names": zero_shot_accuracy(img[~mask], cls_names, labels[~mask]),
+                       "zero_shot_held_out_names": zero_shot_accuracy(img[mask], cls_names, labels[mask])})
     scores.update(recall_at(img[:1000], texts, matches=first[:, None] == first[None, :]))
     return scores
 
 
 def _training_features(data: str | os.PathLike, tower: ImageTower, out: Path, train_images: int | None, seed: int,
-                       progress: Progress | None) -> tuple[np.ndarray, list[list[str]], list[dict[str, str]]]:
+                       progress: Progress | None, style: str = "names", held_out: tuple[int, ...] = HELD_OUT
+                       ) -> tuple[np.ndarray, list[list[str]], list[dict[str, str]]]:
     """``(image features, captions per image, skipped images)`` for training: Fashion-MNIST's from the feature cache
     (held-out classes dropped, a seeded subset when ``train_images`` is set), a caption file's computed here."""
     if str(data) == DATASET:
         labels = fashion_mnist_labels("train")
-        index = np.flatnonzero(~np.isin(labels, HELD_OUT))
+        index = np.flatnonzero(~np.isin(labels, held_out))
         if train_images is not None and train_images < len(index):
             index = np.sort(np.random.default_rng(seed).choice(index, train_images, replace=False))
-        by_class = [[t.format(name) for name in NAMES[c] for t in TEMPLATES] for c in range(len(CLASSES))]
+        by_class = [class_captions(c, style) for c in range(len(CLASSES))]
         return cached_image_features(tower, "train", progress)[index], [by_class[c] for c in labels[index]], []
     pairs = load_pairs(data, limit=train_images, seed=seed)
     features, kept, skipped = _file_features(tower, pairs, out, progress)
@@ -182,13 +204,18 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, *, image_tower: s
           head: str = "linear", batch_size: int = 256, steps: int = 2000, lr: float = 1e-3,
           weight_decay: float = 1e-4, chunk: int | None = None, train_images: int | None = None, seed: int = 0,
           checkpoint_every: int = 500, resume: bool = False, progress: Progress | None = None,
-          on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+          on_step: Callable[[int, float], None] | None = None, captions: str = "names",
+          held_out: tuple[int, ...] = HELD_OUT) -> dict[str, Any]:
     """Train projection heads aligning ``image_tower`` and ``text_tower`` on ``data`` (``"fashion-mnist"``, or a
     caption CSV/JSONL file or folder: :mod:`vistok.align.data`) into the folder ``out_dir``; returns the metrics.
 
     ``loss``: ``"sigmoid"`` (SigLIP) or ``"softmax"`` (CLIP). ``chunk``: compute the sigmoid loss that many texts at
     a time. ``image_size``: the image tower's square input size (None: the tower's own). ``progress(what, done,
-    total)`` reports feature caching; ``on_step(step, loss)`` runs after each step."""
+    total)`` reports feature caching; ``on_step(step, loss)`` runs after each step. ``captions``: for
+    ``fashion-mnist``, ``"described"`` (names, and names with their class's description) or ``"names"``
+    (:mod:`vistok.align.data`); a caption file's own captions are used as they are. ``held_out``: the
+    Fashion-MNIST classes left out of training (default :data:`HELD_OUT`; more, for a validation of held-out
+    transfer that never touches the test classes)."""
     if loss not in LOSSES:
         raise AlignError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if head not in HEADS:
@@ -199,6 +226,8 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, *, image_tower: s
             raise AlignError(f"{name} must be a positive integer, got {value!r}")
     if batch_size < 2:
         raise AlignError(f"batch_size must be at least 2 (a contrastive loss needs negatives), got {batch_size}")
+    if captions not in CAPTION_STYLES:
+        raise AlignError(f"captions must be one of {', '.join(CAPTION_STYLES)}, got {captions!r}")
     if chunk is not None and loss != "sigmoid":
         raise AlignError("chunk applies to the sigmoid loss only")
     try:
@@ -213,17 +242,22 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, *, image_tower: s
     settings = dict(data=str(data), image_tower=tower.settings(), text_tower=texts.settings(), loss=loss,
                          embed_dim=embed_dim, head=head, batch_size=batch_size, steps=steps, lr=lr,
                          weight_decay=weight_decay, chunk=chunk, train_images=train_images, seed=seed)
+    if str(data) == DATASET and captions != "names":
+        settings["captions"] = captions
+    if str(data) == DATASET and tuple(held_out) != HELD_OUT:
+        settings["held_out"] = [int(c) for c in held_out]
     state = open_checkpoint(out, settings, resume, AlignError)
 
     # -- features, computed once ------------------------------------------------------------------
-    image_features, captions, skipped = _training_features(data, tower, out, train_images, seed, progress)
+    image_features, texts_of, skipped = _training_features(data, tower, out, train_images, seed, progress, captions,
+                                                           tuple(held_out))
     if len(image_features) < batch_size:
         raise AlignError(f"{data}: {len(image_features)} usable images, fewer than one batch of {batch_size}; "
                          "pass a smaller batch size or more images")
-    unique = sorted({c for group in captions for c in group})
+    unique = sorted({c for group in texts_of for c in group})
     text_features = texts.features(unique)
     lookup = {c: i for i, c in enumerate(unique)}
-    caption_ids = [torch.tensor([lookup[c] for c in group]) for group in captions]
+    caption_ids = [torch.tensor([lookup[c] for c in group]) for group in texts_of]
 
     images_t = torch.from_numpy(image_features).float()
     texts_t = torch.from_numpy(text_features).float()
@@ -277,7 +311,7 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, *, image_tower: s
                                "seconds": round(time.perf_counter() - started, 1)}
     if str(data) == DATASET:
         test = cached_image_features(tower, "test", progress)
-        metrics.update(fashion_mnist_eval(heads, test, fashion_mnist_labels("test"), texts))
+        metrics.update(fashion_mnist_eval(heads, test, fashion_mnist_labels("test"), texts, tuple(held_out), captions))
     save(heads, out, settings, metrics, image_dim=images_t.shape[1], text_dim=texts_t.shape[1])
     if (out / CHECKPOINT).is_file():
         (out / CHECKPOINT).unlink()

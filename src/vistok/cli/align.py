@@ -39,6 +39,8 @@ def align_command(
     seed: Annotated[int, typer.Option(help="Seed: same seed and options give the same heads.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 500,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    captions: Annotated[str, typer.Option(help="fashion-mnist only: names (class names in templates) or described "
+                                               "(also each name with its class's description).")] = "names",
 ) -> None:
     """Align a frozen image tower and a frozen text tower (SigLIP or CLIP loss): only the projection heads train.
 
@@ -62,7 +64,8 @@ def align_command(
             metrics = train(data, out_dir, image_tower=image_tower, text_tower=text_tower, loss=loss,
                             image_size=image_size, embed_dim=embed_dim, head=head, batch_size=batch_size, steps=steps,
                             lr=lr, chunk=chunk, train_images=train_images, seed=seed,
-                            checkpoint_every=checkpoint_every, resume=resume, progress=on_features, on_step=on_step)
+                            checkpoint_every=checkpoint_every, resume=resume, progress=on_features, on_step=on_step,
+                            captions=captions)
         except (AlignError, FileNotFoundError, ValueError) as exc:
             error(str(exc))
             raise typer.Exit(2) from None
