@@ -264,6 +264,23 @@ def test_compare_writes_markdown_html_and_json(small_run, tmp_path: Path):
             assert Image.open(path).size[0] > 400
 
 
+def test_an_image_one_tokenizer_refuses_is_left_out_of_that_row_only(tmp_path: Path):
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.full((4, 3000, 3), 90, np.uint8)).save(strip)  # 750:1, past efficientnet-lite0's bound
+    one = tmp_path / "one.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(one)
+    result = compare([SAMPLES[1], strip, one], ["grid", "efficientnet-lite0"],
+                     settings=Settings(knn=False, ap_images=0, scenes=0))
+    grid, cnn = result.rows
+    assert grid.error is None and cnn.error is None and result.skipped == {}
+    assert cnn.notes == [f"skipped {strip}: " + cnn.notes[0].split(": ", 1)[1]] and "aspect ratio" in cnn.notes[0]
+    expected = np.mean([len(vistok.load("efficientnet-lite0").encode(p)) for p in (SAMPLES[1], one)])
+    assert cnn.tokens_per_image == pytest.approx(expected)
+    assert grid.tokens_per_image == pytest.approx(np.mean([len(vistok.load("grid").encode(p))
+                                                           for p in (SAMPLES[1], strip, one)]))
+    assert "efficientnet-lite0: skipped" in result.to_markdown()
+
+
 def test_compare_refuses_bad_arguments_before_any_work(tmp_path: Path):
     with pytest.raises(KeyError, match="did you mean"):
         compare([SAMPLES[0]], ["gird"])

@@ -160,9 +160,30 @@ def _superpixel_edges(image: Image.Image) -> np.ndarray:
     return find_boundaries(labels, mode="inner")
 
 
+def _usable(tokenizer: Any, images: list[Image.Image], names: list[str], row: Row) -> list[int]:
+    """Indices of the images ``tokenizer`` can encode; each one it refuses (an aspect ratio past its bound, an
+    image too small for one token) is named in ``row.notes`` and left out of this row only."""
+    from vistok.images import ImageError
+
+    try:
+        tokenizer.encode(images)
+        return list(range(len(images)))
+    except (ImageError, ValueError) as exc:
+        if len(images) == 1:
+            row.notes.append(f"skipped {names[0]}: {exc}")
+            return []
+    usable = []
+    for i, (image, name) in enumerate(zip(images, names)):
+        try:
+            tokenizer.encode(image)
+            usable.append(i)
+        except (ImageError, ValueError) as exc:
+            row.notes.append(f"skipped {name}: {exc}")
+    return usable
+
+
 def _timed_encode(tokenizer: Any, images: list[Image.Image]) -> tuple[list[Tokens], float]:
-    """Tokens of ``images`` and images/s, the best of two runs after a warm-up on the first image."""
-    tokenizer.encode(images[:1])
+    """Tokens of ``images`` and images/s, the best of two runs (:func:`_usable` has warmed the tokenizer up)."""
     best, tokens = math.inf, []
     for _ in range(2):
         start = time.perf_counter()
@@ -171,10 +192,15 @@ def _timed_encode(tokenizer: Any, images: list[Image.Image]) -> tuple[list[Token
     return tokens, len(images) / max(best, 1e-9)
 
 
-def _measure_images(row: Row, tokenizer: Any, images: list[Image.Image], references: list[np.ndarray]) -> None:
+def _measure_images(row: Row, tokenizer: Any, images: list[Image.Image], references: list[np.ndarray],
+                    names: list[str]) -> None:
     from vistok.metrics import psnr, ssim
     from vistok.viz import working_image
 
+    usable = _usable(tokenizer, images, names, row)
+    if not usable:
+        raise ValueError(f"it could encode none of the images ({row.notes[0] if row.notes else 'no reason given'})")
+    images, references = [images[i] for i in usable], [references[i] for i in usable]
     tokens, row.images_per_s = _timed_encode(tokenizer, images)
     row.tokens_per_image = float(np.mean([len(t) for t in tokens]))
     row.bits_per_image = float(np.mean([measures.bits(t) for t in tokens]))
@@ -311,8 +337,9 @@ def _knn_data(settings: Settings) -> tuple[list[Image.Image], np.ndarray, list[I
     return upscale(x_train, settings.knn_size), y_train, upscale(x_test, settings.knn_size), y_test
 
 
-def _measure_tokenizer(name: str, images: list[Image.Image], references: list[np.ndarray], knn_data: Any,
-                       scenes: list[Any], settings: Settings, on_step: Callable[[str], None] | None) -> Row:
+def _measure_tokenizer(name: str, images: list[Image.Image], names: list[str], references: list[np.ndarray],
+                       knn_data: Any, scenes: list[Any], settings: Settings, on_step: Callable[[str], None] | None
+                       ) -> Row:
     """One row; ``scenes`` is a one-element cache of the shape scenes, filled on first use."""
     from vistok.registry import load, tokenizer_info
 
@@ -329,8 +356,10 @@ def _measure_tokenizer(name: str, images: list[Image.Image], references: list[np
 
     try:
         tokenizer = load(name)
+        if hasattr(tokenizer, "check"):
+            tokenizer.check()  # missing weights fail here, before any image is blamed
         step(STAGES[0])
-        _measure_images(row, tokenizer, images, references)
+        _measure_images(row, tokenizer, images, references, names)
         step(STAGES[1])
         if knn_data is not None and base != "regions":
             _measure_knn(row, tokenizer, knn_data, settings)
@@ -383,6 +412,6 @@ def compare(images: Sequence[Any], tokenizers: Sequence[str] = DEFAULT_TOKENIZER
     rows = []
     scenes: list[Any] = []  # made once, on first use
     for name in tokenizers:
-        rows.append(_measure_tokenizer(name, opened, references, knn_data, scenes, settings, on_step))
+        rows.append(_measure_tokenizer(name, opened, names, references, knn_data, scenes, settings, on_step))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     return Comparison(rows=rows, images=names, skipped=skipped, settings=settings, machine=machine, notes=notes)
