@@ -292,6 +292,11 @@ def test_compare_refuses_bad_arguments_before_any_work(tmp_path: Path):
         compare([bad], ["grid"])
     with pytest.raises(ValueError, match="knn_train"):
         Settings(knn_train=-1)
+    with pytest.raises(ValueError, match="knn_size at least 8"):
+        Settings(knn_size=4)
+    with pytest.raises(ValueError, match="scene_size must be at least 48"):
+        Settings(scene_size=20)
+    assert Settings(knn=False, knn_size=0, scenes=0, scene_size=0).knn_size == 0  # off: nothing to check
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------

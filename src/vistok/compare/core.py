@@ -57,8 +57,10 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-        if self.knn and (self.knn_train < 1 or self.knn_test < 1 or self.k < 1):
-            raise ValueError("knn_train, knn_test and k must be at least 1 when knn is on")
+        if self.knn and (self.knn_train < 1 or self.knn_test < 1 or self.k < 1 or self.knn_size < 8):
+            raise ValueError("knn_train, knn_test and k must be at least 1, and knn_size at least 8, when knn is on")
+        if self.scenes and self.scene_size < 48:
+            raise ValueError(f"scene_size must be at least 48 (a 3x3 grid of shapes), got {self.scene_size}")
 
 
 @dataclass
