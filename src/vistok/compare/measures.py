@@ -104,13 +104,12 @@ def token_index(tokens: Tokens, size: tuple[int, int]) -> np.ndarray | None:
 def layout_edges(tokens: Tokens, size: tuple[int, int]) -> np.ndarray:
     """``(H, W)`` bool: where the tokens' areas meet (cell borders through ``source``, or box outlines), drawn
     on an image of ``size`` = (width, height)."""
+    from vistok.viz import _group_edges
+
     width, height = size
     index = token_index(tokens, size)
     if index is not None:
-        edge = np.zeros(index.shape, bool)
-        edge[:, 1:] |= index[:, 1:] != index[:, :-1]
-        edge[1:, :] |= index[1:, :] != index[:-1, :]
-        return edge
+        return _group_edges(index)
     edge = np.zeros((height, width), bool)
     if tokens.boxes is None or not len(tokens):
         return edge
