@@ -8,7 +8,8 @@ peak memory is the largest resident set of that process and its workers (``getru
 fresh wrapper process per run).
 
 1. Throughput: ``--workers 1`` against ``--workers 2`` (the peer: one process), and ``--engine ray --workers 2``
-   against ``--engine local --workers 2``, images per second, as ratios. One process already spreads numpy's
+   against ``--engine local --workers 2``, images per second, as ratios; Ray twice: starting its own local
+   instance, and joining one already running (``ray start --head``, as on a cluster). One process already spreads numpy's
    matmuls over every core, so a second row holds one process to one core (``taskset -c 0``): the share each of
    two workers gets, and the fair base for how the engine scales.
 2. Memory: the same one-process run on the first tenth of the images and on all of them; bounded memory means the
@@ -23,6 +24,7 @@ fresh wrapper process per run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -30,8 +32,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,6 +92,22 @@ def run(source: Path, out: Path, args: argparse.Namespace, *extra: str, kill_aft
     return {"seconds": time.perf_counter() - started, "peak_mb": peak_kb / 1024}
 
 
+@contextlib.contextmanager
+def ray_cluster(joined: bool) -> Iterator[None]:
+    """For ``joined``: a Ray cluster already up (``ray start --head``, started and stopped around the run, outside
+    its time), as Ray is used when one machine is not enough."""
+    ray = Path(sys.executable).with_name("ray")
+    if not joined:
+        yield
+        return
+    subprocess.run([str(ray), "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
+                    "--disable-usage-stats"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def shards(out: Path) -> list[tuple[str, int, str]]:
     manifest = json.loads((out / "_manifest.json").read_text())
     return [(s["file"], s["rows"], s["sha256"]) for s in manifest["shards"]]
@@ -117,24 +136,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     shutil.rmtree(outs, ignore_errors=True)
     outs.mkdir()
 
-    one = run(source, outs / "local-1", args)
-    two = run(source, outs / "local-2", args, "--workers", "2")
-    good = json.loads((outs / "local-1" / "_manifest.json").read_text())["rows"]
-    rows = [["local, 1 process (peer)", f"{good / one['seconds']:.0f}", "1.00x", "-"],
-            ["local, 2 processes", f"{good / two['seconds']:.0f}", f"{one['seconds'] / two['seconds']:.2f}x", "-"]]
-    if shutil.which("taskset"):  # one process held to one core: what one worker does with its share
-        core = run(source, outs / "local-1-core", args, prefix=("taskset", "-c", "0"))
-        rows.insert(1, ["local, 1 process on 1 core (taskset)", f"{good / core['seconds']:.0f}",
-                        f"{one['seconds'] / core['seconds']:.2f}x", "1.00x"])
-        rows[2][3] = f"{core['seconds'] / two['seconds']:.2f}x"
-    same = shards(outs / "local-2") == shards(outs / "local-1")
-    if not args.skip_ray:
-        ray = run(source, outs / "ray-2", args, "--engine", "ray", "--workers", "2")
-        rows.append(["ray, 2 actors", f"{good / ray['seconds']:.0f}",
-                     f"{one['seconds'] / ray['seconds']:.2f}x ({two['seconds'] / ray['seconds']:.2f}x of local 2)", "-"])
-        same = same and shards(outs / "ray-2") == shards(outs / "local-1")
-    print(table(f"Throughput, {args.tokenizer} tokens, {good:,} good images (wall time of the whole command, start-up "
-                "included)", ["engine", "images/s", "speed-up over 1 process", "over 1 core"], rows, args.markdown))
+    tiny = args.work / "tiny"  # the same command on 64 images: what each engine costs before its first shard
+    make_images(tiny, 64, args.size, 0, args.seed)
+    engines = [("local, 1 process (peer)", (), ()),
+               ("local, 1 process on 1 core (taskset)", (), ("taskset", "-c", "0")),
+               ("local, 2 processes", ("--workers", "2"), ()),
+               ("ray, 2 actors, local instance started by the run", ("--engine", "ray", "--workers", "2"), ()),
+               ("ray, 2 actors, joining a running cluster",
+                ("--engine", "ray", "--workers", "2", "--ray-address", "auto"), ())]
+    if not shutil.which("taskset"):
+        engines.pop(1)
+    if args.skip_ray:
+        engines = engines[:-2]
+    timed: dict[str, dict[str, Any]] = {}
+    for i, (name, extra, prefix) in enumerate(engines):
+        with ray_cluster(joined="running cluster" in name):
+            timed[name] = run(source, outs / f"run-{i}", args, *extra, prefix=prefix)
+            timed[name]["startup"] = run(tiny, outs / f"tiny-{i}", args, *extra, prefix=prefix)["seconds"]
+        timed[name]["out"] = outs / f"run-{i}"
+    good = json.loads((timed[engines[0][0]]["out"] / "_manifest.json").read_text())["rows"]
+    one, two = timed[engines[0][0]], timed["local, 2 processes"]
+    core = timed.get("local, 1 process on 1 core (taskset)")
+    rows = []
+    for name, t in timed.items():
+        rate, steady = good / t["seconds"], good / max(t["seconds"] - t["startup"], 1e-9)
+        rows.append([name, f"{t['seconds']:.1f}", f"{rate:.0f}", f"{t['startup']:.1f}", f"{steady:.0f}",
+                     f"{one['seconds'] / t['seconds']:.2f}x",
+                     f"{core['seconds'] / t['seconds']:.2f}x" if core else "-",
+                     f"{(two['seconds'] - two['startup']) / (t['seconds'] - t['startup']):.2f}x"])
+    print(table(f"Throughput, {args.tokenizer} tokens, {good:,} good images (wall time of the whole command; start-up: "
+                "the same command on 64 images)",
+                ["engine", "wall (s)", "images/s", "start-up (s)", "images/s after start-up", "over 1 process",
+                 "over 1 core", "after start-up, over local 2"], rows, args.markdown))
+    same = all(shards(t["out"]) == shards(one["out"]) for t in timed.values())
     print(f"all engines wrote byte-identical shards: {same}\n")
 
     small_source = args.work / "small"
@@ -152,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     killed = run(source, outs / "killed", args, kill_after=moment)
     partial = len(shards(outs / "killed")) if (outs / "killed" / "_manifest.json").is_file() else 0
     resumed = run(source, outs / "killed", args, "--resume")
-    equal = shards(outs / "killed") == shards(outs / "local-1")
+    equal = shards(outs / "killed") == shards(one["out"])
     total_rows = sum(r for _, r, _ in shards(outs / "killed"))
     print(table("Kill and resume", ["killed after", "shards done at the kill", "resume took", "rows", "equal to an "
                                     "uninterrupted run"],

@@ -167,6 +167,22 @@ def test_two_local_workers_write_the_same_shards(photos, tmp_path):
     assert [s["sha256"] for s in two["shards"]] == [s["sha256"] for s in one["shards"]]
 
 
+def test_more_workers_than_shards_and_this_process_helping(photos, tmp_path):
+    """This process encodes shards itself while helpers take others from the back of the queue; with more workers
+    than shards the surplus is never started. The rows equal a one-process run's, in shard order."""
+    one = tokenize_dataset(photos, tmp_path / "one", "grid", shard_size=3)
+    many = tokenize_dataset(photos, tmp_path / "many", "grid", shard_size=3, workers=5)
+    assert len(one["shards"]) == 3
+    assert [s["sha256"] for s in many["shards"]] == [s["sha256"] for s in one["shards"]]
+    assert [s["index"] for s in many["shards"]] == [0, 1, 2]
+
+
+def test_ray_address_without_a_cluster_says_what_to_do(photos, tmp_path):
+    pytest.importorskip("ray")
+    with pytest.raises(DatasetError, match="ray address 'auto': could not connect.*ray start --head"):
+        tokenize_dataset(photos, tmp_path / "out", "grid", engine="ray", ray_address="auto")
+
+
 @pytest.mark.slow
 def test_ray_engine_writes_the_same_shards_as_local(photos, tmp_path):
     pytest.importorskip("ray")

@@ -1,6 +1,8 @@
 """Checks every registered tokenizer goes through, then grid- and patch-specific checks against
 brute-force and scikit-learn references."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -193,6 +195,24 @@ def test_grid_ids_are_the_nearest_codewords():
     assert np.mean(tokens.values == reference) > 0.99
     np.testing.assert_allclose(chosen, best, rtol=1e-4, atol=1e-4)
     assert tokens.values.min() >= 0 and tokens.values.max() < tok.vocab_size == 1024
+
+
+def test_grid_batch_of_mixed_sizes_matches_images_one_by_one():
+    """A list is encoded with one codebook matmul over every image's cells; each image's ids and layout must be
+    what encoding it alone gives, and those the nearest codewords (scikit-learn)."""
+    tok = vistok.load("grid")
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+              for w, h in [(16, 16), (300, 40), (64, 64), (17, 250), (5, 5)]] + sample_images()[:2]
+    batch = tok.encode(images)
+    alone = [tok.encode(image) for image in images]
+    layouts = [cell_layout(*Image.open(i).size if isinstance(i, Path) else i.size, 16, 256) for i in images]
+    assert [t.grid for t in batch] == [t.grid for t in alone] == [(h // 16, w // 16) for w, h in layouts]
+    assert [t.grid for t in batch][:5] == [(1, 1), (2, 16), (4, 4), (16, 1), (1, 1)]
+    assert all(a.equals(b) for a, b in zip(batch, alone))
+    cells = np.concatenate([tok.cells(tok.prepare(image)[0])[0] for image in images])
+    ids = np.concatenate([t.values for t in batch])
+    assert np.mean(ids == pairwise_distances_argmin(cells, tok.codebook)) > 0.99
 
 
 def test_grid_cells_are_row_major():

@@ -37,6 +37,9 @@ def tokenize_dataset_command(
     workers: Annotated[int, typer.Option(min=1, help="Processes (local) or actors (ray), each with its own "
                                                      "tokenizer.")] = 1,
     gpus: Annotated[float, typer.Option(min=0, help="ray: GPUs per actor (0: none).")] = 0.0,
+    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="ray: join this running cluster "
+                                                    "(e.g. 'auto' after `ray start --head`) instead of starting a "
+                                                    "local one for the run.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out: finished shards are kept, the "
                                               "rest redone.")] = False,
 ) -> None:
@@ -81,7 +84,8 @@ def tokenize_dataset_command(
     try:
         manifest = tokenize_dataset(source, out_dir, tokenizer, options=options, reduce=steps,
                                     image_column=image_column, shard_size=shard_size, batch_size=batch_size,
-                                    engine=engine, workers=workers, gpus=gpus, resume=resume, progress=progress)
+                                    engine=engine, workers=workers, gpus=gpus, ray_address=ray_address,
+                                    resume=resume, progress=progress)
     except (DatasetError, KeyError, TypeError, ValueError, FileNotFoundError, ImportError) as exc:
         bar.stop()
         error(exc.args[0] if isinstance(exc, KeyError) else str(exc))

@@ -13,6 +13,7 @@ order, and reads any range of them on its own, so shards can be encoded by separ
 from __future__ import annotations
 
 import glob as globbing
+import os
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ _IMAGE_COLUMNS = ("image", "img", "jpg", "png", "image_bytes")
 
 @dataclass
 class Source:
-    """Keys in order and a reader for any of them: ``read(indices)`` gives a path or encoded bytes per index."""
+    """Keys in order and a reader for any of them: ``read(indices)`` gives encoded bytes per index."""
 
     kind: str
     root: str
@@ -40,14 +41,25 @@ class Source:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def portable(self) -> Source:
+        """This source without its opened table, small enough to send to a worker process."""
+        return Source(self.kind, self.root, self.keys, self._refs, self.column)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "root": self.root, "images": len(self.keys), "column": self.column}
 
     def read(self, indices: Sequence[int]) -> list[Any]:
-        """A path (folder) or the encoded image bytes for each index; an unreadable entry becomes the exception
-        that explains it, so one bad item never stops the others."""
+        """The encoded image bytes for each index; an unreadable entry becomes the exception that explains it,
+        so one bad item never stops the others. Files are read once here: probing and decoding then work in
+        memory instead of opening each file three times."""
         if self.kind == "folder":
-            return [str(Path(self.root) / self.keys[i]) for i in indices]
+            out = []
+            for i in indices:
+                try:
+                    out.append((Path(self.root) / self.keys[i]).read_bytes())
+                except OSError as err:
+                    out.append(err)
+            return out
         if self.kind == "webdataset":
             out: list[Any] = []
             opened: dict[str, tarfile.TarFile] = {}
@@ -106,11 +118,19 @@ def _folder(paths: list[Path], root: Path) -> Source:
 
     keys: list[str] = []
     base = root.resolve()
+
+    def key(absolute: Path) -> str:
+        return absolute.relative_to(base).as_posix() if absolute.is_relative_to(base) else absolute.as_posix()
+
     for path in paths:
-        found = iter_image_files(path) if path.is_dir() else [str(path)]
-        for file in found:
-            absolute = Path(file).resolve()
-            keys.append(absolute.relative_to(base).as_posix() if absolute.is_relative_to(base) else absolute.as_posix())
+        if not path.is_dir():
+            keys.append(key(path.resolve()))
+            continue
+        # The folder is resolved once and each file's key is string work, not a resolve() (syscalls) per file.
+        folder, prefix = key(path.resolve()), len(os.path.join(str(path), ""))
+        for file in iter_image_files(path):
+            inner = file[prefix:].replace(os.sep, "/")
+            keys.append(inner if folder == "." else f"{folder}/{inner}")
     keys.sort()
     return Source("folder", str(root), keys, [])
 
@@ -249,6 +269,9 @@ def count_inputs(spec: str | Path, chunk: int = 256) -> tuple[int, Any]:
     source = open_source(spec)
 
     def items() -> Any:
+        if source.kind == "folder":  # sizes come from the headers: never read whole files
+            yield from (Named(key, str(Path(source.root) / key)) for key in source.keys)
+            return
         for start in range(0, len(source), chunk):
             indices = list(range(start, min(start + chunk, len(source))))
             for i, payload in zip(indices, source.read(indices)):

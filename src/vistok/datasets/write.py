@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,20 +56,35 @@ class Job:
 _WORKER: dict[str, Any] = {}
 
 
+def _tokenizer_key(job: Job) -> str:
+    return json.dumps([job.tokenizer, job.options], sort_keys=True, default=str)
+
+
+def _source_key(job: Job) -> str:
+    return f"{job.source}|{job.image_column}"
+
+
 def _tokenizer(job: Job) -> Any:
-    key = json.dumps([job.tokenizer, job.options], sort_keys=True, default=str)
-    if _WORKER.get("key") != key:
+    if _WORKER.get("key") != _tokenizer_key(job):
         import vistok
 
-        _WORKER.update(key=key, tokenizer=vistok.load(job.tokenizer, **job.options))
+        _WORKER.update(key=_tokenizer_key(job), tokenizer=vistok.load(job.tokenizer, **job.options))
     return _WORKER["tokenizer"]
 
 
 def _source(job: Job) -> Source:
-    key = f"{job.source}|{job.image_column}"
-    if _WORKER.get("source_key") != key:
-        _WORKER.update(source_key=key, source=open_source(job.source, image_column=job.image_column))
+    if _WORKER.get("source_key") != _source_key(job):
+        _WORKER.update(source_key=_source_key(job), source=open_source(job.source, image_column=job.image_column))
     return _WORKER["source"]
+
+
+def _share(job: Job, source: Source | None = None, tokenizer: Any = None) -> None:
+    """Hand this process's already-opened source (and tokenizer) to :func:`encode_shard`, so that neither is opened
+    twice: listing a large folder or loading an encoder again costs seconds."""
+    if source is not None:
+        _WORKER.update(source_key=_source_key(job), source=source)
+    if tokenizer is not None:
+        _WORKER.update(key=_tokenizer_key(job), tokenizer=tokenizer)
 
 
 def _encode_batch(tokenizer: Any, payloads: list[Any], keys: list[str], reduce: Any
@@ -166,24 +183,87 @@ def _settings(job: Job, source: Source) -> dict[str, Any]:
 
 def _local(job: Job, pending: list[int], workers: int, done: Callable[[dict[str, Any]], None],
            progress: Progress | None) -> None:
-    if workers == 1:
+    """Shards in this process, helped by ``workers - 1`` spawned processes; each of the ``workers`` gets
+    ``cores // workers`` threads. This process starts at once instead of waiting for the helpers to import. Every
+    helper is fed one shard at a time by a thread here, so the queue drains evenly and nobody idles at the end."""
+    if workers == 1 or len(pending) == 1:
         for index in pending:
             done(encode_shard(job, index, progress))
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import threading
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(encode_shard, job, index) for index in pending]
-        for future in as_completed(futures):
-            done(future.result())
+    queue = deque(pending)
+    lock = threading.Lock()  # guards the queue's end and done(), which rewrites the manifest
+    failed: list[BaseException] = []
+
+    def take(front: bool) -> int | None:
+        with lock:
+            if failed or not queue:
+                return None
+            return queue.popleft() if front else queue.pop()
+
+    def record(entry: dict[str, Any]) -> None:
+        with lock:
+            done(entry)
+
+    def feed(pool: ProcessPoolExecutor) -> None:
+        try:
+            while (index := take(front=False)) is not None:  # helpers from the back, this process from the front
+                record(pool.submit(encode_shard, job, index).result())
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread, which raises it
+            failed.append(err)
+
+    helpers = min(workers - 1, len(pending) - 1)
+    with _thread_limits(threads), ProcessPoolExecutor(
+            helpers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+            initargs=(threads, job, _source(job).portable())) as pool:
+        feeders = [threading.Thread(target=feed, args=(pool,), daemon=True) for _ in range(helpers)]
+        for feeder in feeders:
+            feeder.start()
+        try:
+            while (index := take(front=True)) is not None:
+                record(encode_shard(job, index))
+        except BaseException as err:
+            failed.append(err)
+        for feeder in feeders:
+            feeder.join()
+    if failed:
+        raise failed[0]
 
 
-def _init_worker(threads: int) -> None:
+@contextmanager
+def _thread_limits(threads: int) -> Iterator[None]:
+    """This process's BLAS and torch threads held to ``threads`` for a ``with`` block, then given back."""
+    import numpy  # noqa: F401 - threadpoolctl limits only the BLAS libraries already loaded
+
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limits: Any = threadpool_limits(limits=threads)
+    except ImportError:
+        limits = None
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+        if torch is not None:
+            torch.set_num_threads(before)
+
+
+def _init_worker(threads: int, job: Job | None = None, source: Source | None = None) -> None:
     """Give each worker its share of the cores: torch threads and the BLAS pool (numpy's matmuls). Without this,
-    every process spins a thread per core and two workers on two cores crawl."""
+    every process spins a thread per core and two workers on two cores crawl. ``source``: the parent's listing."""
+    if job is not None:
+        _share(job, source)
     import numpy  # noqa: F401 - threadpoolctl limits only the BLAS libraries already loaded
 
     try:
@@ -192,23 +272,30 @@ def _init_worker(threads: int) -> None:
         _WORKER["limits"] = threadpool_limits(limits=threads)  # kept alive for the worker's life
     except ImportError:
         pass
-    try:
-        import torch
+    # torch reads these when it is first imported; importing it here would cost seconds for tokenizers without it
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass
 
-
-def _ray(job: Job, pending: list[int], workers: int, gpus: float, done: Callable[[dict[str, Any]], None]) -> None:
+def _ray(job: Job, pending: list[int], workers: int, gpus: float, done: Callable[[dict[str, Any]], None],
+         address: str | None = None) -> None:
     try:
         import ray
     except ImportError as err:
         raise DatasetError("--engine ray needs Ray Data: pip install 'ray[data]'") from err
     import logging
 
+    address = address or os.environ.get("RAY_ADDRESS") or None
     started = not ray.is_initialized()
-    if started:
+    if started and address:  # a running cluster (`ray start --head`, or a remote one): join it
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise DatasetError(f"ray address {address!r}: could not connect ({err}); start a cluster with "
+                               "`ray start --head`, or leave --ray-address out to start a local one") from err
+    elif started:
         ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
     context = ray.data.DataContext.get_current()
@@ -260,11 +347,13 @@ def _check_steps(tokenizer: Any, steps: tuple[tuple[str, dict[str, Any]], ...], 
 def tokenize_dataset(source: str | os.PathLike, out: str | os.PathLike, tokenizer: str, *,
                      options: dict[str, Any] | None = None, reduce: list[tuple[str, dict[str, Any]]] | None = None,
                      image_column: str | None = None, shard_size: int = 1000, batch_size: int = 32,
-                     engine: str = "local", workers: int = 1, gpus: float = 0.0, resume: bool = False,
-                     progress: Progress | None = None) -> dict[str, Any]:
+                     engine: str = "local", workers: int = 1, gpus: float = 0.0, ray_address: str | None = None,
+                     resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Tokenize every image of ``source`` (see :func:`vistok.datasets.sources.open_source`) with ``tokenizer``
     (``vistok.load(tokenizer, **options)``, then each ``(method, options)`` step of ``reduce`` in order) into Parquet shards
-    under ``out``; returns the manifest. ``progress(images_done, total)`` is called as shards finish."""
+    under ``out``; returns the manifest. ``progress(images_done, total)`` is called as shards finish.
+    ``ray_address`` (or ``$RAY_ADDRESS``) joins a running Ray cluster; without it, ``engine="ray"`` starts a local
+    one for the run. Every node must see ``source`` and ``out`` at the same paths (a shared file system)."""
     import vistok
 
     if engine not in ENGINES:
@@ -324,10 +413,14 @@ def tokenize_dataset(source: str | os.PathLike, out: str | os.PathLike, tokenize
 
     if progress:
         progress(seen[0], total)
-    if engine == "local":
-        _local(job, pending, workers, done, None)
-    else:
-        _ray(job, pending, workers, gpus, done)
+    _share(job, src, probe)
+    try:
+        if engine == "local":
+            _local(job, pending, workers, done, None)
+        else:
+            _ray(job, pending, workers, gpus, done, ray_address)
+    finally:
+        _WORKER.clear()  # drop this process's source and tokenizer: an encoder can hold a lot of memory
     manifest["rows"] = sum(s["rows"] for s in manifest["shards"])
     manifest["quarantined"] = sum(len(s["quarantine"]) for s in manifest["shards"])
     manifest["complete"] = True

@@ -130,19 +130,24 @@ class CellTokenizer:
 
     def encode(self, images: Any) -> Tokens | list[Tokens]:
         """Tokens for one image, or a list of Tokens for a list of images."""
-        if isinstance(images, (list, tuple)):
-            return [self.encode(image) for image in images]
-        pixels, original = self.prepare(images)
-        vectors, grid = self.cells(pixels)
-        tokens = self._encode_cells(vectors, grid)
-        tokens.meta.update(
-            tokenizer=self.name,
-            config=self._config_dict(),
-            image_size=list(original),
-            working_size=[pixels.shape[1], pixels.shape[0]],
-            cell=self.cell,
-        )
-        return tokens
+        many = isinstance(images, (list, tuple))
+        prepared = [self.prepare(image) for image in (images if many else [images])]
+        cut = [self.cells(pixels) for pixels, _ in prepared]
+        encoded = self._encode_many([vectors for vectors, _ in cut], [grid for _, grid in cut])
+        config = self._config_dict()
+        for tokens, (pixels, original) in zip(encoded, prepared):
+            tokens.meta.update(
+                tokenizer=self.name,
+                config=dict(config),
+                image_size=list(original),
+                working_size=[pixels.shape[1], pixels.shape[0]],
+                cell=self.cell,
+            )
+        return encoded if many else encoded[0]
+
+    def _encode_many(self, vectors: list[np.ndarray], grids: list[tuple[int, int]]) -> list[Tokens]:
+        """Several images' cells at once; one :meth:`_encode_cells` per image unless a subclass batches them."""
+        return [self._encode_cells(v, g) for v, g in zip(vectors, grids)]
 
     def sample_cells(self, images: Iterable[ImageInput], scales: Sequence[float] = (1.0,),
                      on_image: Callable[[], None] | None = None) -> np.ndarray:
