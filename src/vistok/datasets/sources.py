@@ -41,6 +41,10 @@ class Source:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def name_of(self, index: int) -> str | None:
+        """What errors call image ``index``: its path for a folder (whose bytes carry no name), else None."""
+        return str(Path(self.root) / self.keys[index]) if self.kind == "folder" else None
+
     def portable(self) -> Source:
         """This source without its opened table, small enough to send to a worker process."""
         return Source(self.kind, self.root, self.keys, self._refs, self.column)

@@ -87,22 +87,31 @@ def _share(job: Job, source: Source | None = None, tokenizer: Any = None) -> Non
         _WORKER.update(key=_tokenizer_key(job), tokenizer=tokenizer)
 
 
-def _encode_batch(tokenizer: Any, payloads: list[Any], keys: list[str], reduce: Any
+def _encode_batch(tokenizer: Any, payloads: list[Any], keys: list[str], reduce: Any,
+                  names: list[str | None] | None = None
                   ) -> tuple[list[tuple[str, Any, tuple[int, int]]], list[dict[str, str]]]:
-    """Encode a batch; when it fails as a whole, one by one, so that only the bad images are quarantined."""
-    from vistok.images import probe_size
+    """Encode a batch; when it fails as a whole, one by one, so that only the bad images are quarantined.
+    ``names``: what the reasons call each image instead of ``<bytes: N B>`` (a folder's file paths)."""
+    from vistok.images import ImageError, probe_size
+
+    named = dict(zip(keys, names or [None] * len(keys)))
+
+    def reason(key: str, err: Exception) -> dict[str, str]:
+        if isinstance(err, ImageError) and named.get(key):
+            err = ImageError(named[key], err.reason)
+        return {"key": key, "reason": f"{type(err).__name__}: {err}"}
 
     good: list[tuple[str, Any, tuple[int, int]]] = []
     bad: list[dict[str, str]] = []
     ready = []
     for key, payload in zip(keys, payloads):
         if isinstance(payload, Exception):
-            bad.append({"key": key, "reason": f"{type(payload).__name__}: {payload}"})
+            bad.append(reason(key, payload))
             continue
         try:
             ready.append((key, payload, probe_size(payload)))
         except Exception as err:  # noqa: BLE001 - any unreadable image is quarantined, never fatal
-            bad.append({"key": key, "reason": f"{type(err).__name__}: {err}"})
+            bad.append(reason(key, err))
 
     def finish(tokens: Any) -> Any:
         import vistok
@@ -120,7 +129,7 @@ def _encode_batch(tokenizer: Any, payloads: list[Any], keys: list[str], reduce: 
             try:
                 good.append((key, finish(tokenizer.encode(payload)), size))
             except Exception as err:  # noqa: BLE001
-                bad.append({"key": key, "reason": f"{type(err).__name__}: {err}"})
+                bad.append(reason(key, err))
     return good, bad
 
 
@@ -144,7 +153,8 @@ def encode_shard(job: Job, index: int, progress: Progress | None = None) -> dict
         for first in range(start, stop, job.batch_size):
             indices = list(range(first, min(first + job.batch_size, stop)))
             keys = [source.keys[i] for i in indices]
-            good, bad = _encode_batch(tokenizer, source.read(indices), keys, job.reduce)
+            good, bad = _encode_batch(tokenizer, source.read(indices), keys, job.reduce,
+                                      [source.name_of(i) for i in indices])
             quarantined.extend(bad)
             if good:
                 table = to_table([k for k, _, _ in good], [t for _, t, _ in good], [s for _, _, s in good])
