@@ -34,7 +34,8 @@ def tokenize_dataset_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per encode call (bounds the memory).")] = 32,
     engine: Annotated[str, typer.Option(help="local (this machine, --workers processes) or ray (Ray Data actors).")
                       ] = "local",
-    workers: Annotated[int, typer.Option(min=1, help="Processes (local) or actors (ray), each with its own "
+    workers: Annotated[int, typer.Option(min=1, help="Processes (local: this one and N-1 helpers, each with "
+                                                     "cores/N threads) or actors (ray), each with its own "
                                                      "tokenizer.")] = 1,
     gpus: Annotated[float, typer.Option(min=0, help="ray: GPUs per actor (0: none).")] = 0.0,
     ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="ray: join this running cluster "

@@ -6,9 +6,9 @@ temporary file one row group per batch and renamed when complete; ``manifest.jso
 their row counts and SHA-256 and is rewritten atomically after each one. A rerun with ``resume`` keeps the listed
 shards and redoes the rest, so a kill loses at most the shards in flight and never duplicates a row.
 
-Engines: ``local`` runs shards in this process (``workers=1``) or in a pool of ``workers`` processes; ``ray`` hands
-them to a Ray Data ``map_batches`` actor pool (one tokenizer per actor; GPUs given to actors when asked). Both run
-:func:`encode_shard`, so they write the same rows.
+Engines: ``local`` runs shards in this process, helped by ``workers - 1`` spawned processes; ``ray`` hands them to a
+Ray Data ``map_batches`` actor pool (one tokenizer per actor; GPUs given to actors when asked) on a local instance
+or a running cluster. Both run :func:`encode_shard`, so they write the same rows.
 """
 
 from __future__ import annotations
