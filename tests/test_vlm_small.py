@@ -303,7 +303,10 @@ def test_cli_llama_vid_tokens_train_and_bad_combinations(tmp_path):
                           (["--video"], "--video needs --tokens llama-vid"),
                           (["--tokens", "few"], "--tokens must be full or llama-vid"),
                           (["--tokens", "llama-vid", "--grid", "1x0"], "--grid must be G or RxC"),
-                          (["--tokens", "llama-vid", "--question-first"], "--question-first applies")):
+                          (["--tokens", "llama-vid", "--question-first"], "--question-first applies"),
+                          (["--tokens", "llama-vid", "--loss-weighting", "sqrt-span"], "--loss-weighting applies"),
+                          (["--loss-weighting", "equal", "--tower", str(tower)],
+                           "loss_weighting must be one of token, sqrt-span")):
         result = runner.invoke(app, ["train-vlm", str(tmp_path / "x"), *args])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     args = ["train-vlm", str(tmp_path / "two"), "--tokens", "llama-vid", "--tower", str(tower), "--steps", "3",
@@ -334,3 +337,47 @@ def test_shipped_model_answers_held_out_test_questions(tmp_path, monkeypatch):
     with vlm.patch(model, "pool", factor=2) as handle:
         vlm.ask(model, processor, items[0].image, items[0].question)
     assert handle.stats == [{"image": 0, "views": 1, "before": 64, "after": 16}]
+
+
+def test_span_weights_on_a_hand_worked_row():
+    """Two answers in one row (``cat </s>`` and a 4-token caption), a prompt between them, padding after: every
+    token of an n-token answer weighs 1/sqrt(n) with sqrt-span, 1 with token, 0 off the answers."""
+    t = torch.tensor([[-100, 7, 2, -100, -100, 5, 6, 8, 2, -100],
+                      [3, 2, -100, -100, -100, -100, -100, -100, -100, 9]])
+    token = small.span_weights(t, "token")
+    assert token.tolist() == [[0, 1, 1, 0, 0, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0, 0, 0, 0, 1]]
+    w = small.span_weights(t, "sqrt-span")
+    half, root2 = 0.5, 2 ** -0.5
+    expected = [[0, root2, root2, 0, 0, half, half, half, half, 0], [root2, root2, 0, 0, 0, 0, 0, 0, 0, 1.0]]
+    assert torch.allclose(w, torch.tensor(expected))
+    with pytest.raises(ValueError, match="token, sqrt-span"):
+        small.span_weights(t, "equal")
+
+
+def test_weighted_loss_is_the_weighted_mean_of_token_losses():
+    """The sqrt-span loss equals a brute-force weighted mean over the packed batch; token weighting equals
+    ``cross_entropy``'s plain mean."""
+    torch.manual_seed(0)
+    targets = torch.tensor([[-100, 4, 2, -100, 5, 6, 7, 2]])
+    logits = torch.randn(1, 8, 12)
+
+    class Net:
+        def logits(self, *args):
+            return logits
+
+    batch = {"image": torch.tensor([0]), "ids": None, "mask": None, "positions": None, "targets": targets}
+    features = torch.zeros(1, 1, 1)
+    logp = torch.log_softmax(logits[0], -1)
+    terms = [(-logp[i, int(c)]).item() for i, c in enumerate(targets[0]) if c != -100]
+    weights = [2 ** -0.5] * 2 + [0.5] * 4
+    brute = sum(w * x for w, x in zip(weights, terms)) / sum(weights)
+    assert small._loss(Net(), features, batch, 0, "sqrt-span").item() == pytest.approx(brute, rel=1e-6)
+    assert small._loss(Net(), features, batch, 0).item() == pytest.approx(sum(terms) / len(terms), rel=1e-6)
+
+
+def test_sqrt_span_training_runs_and_is_recorded(tmp_path):
+    metrics = run(tmp_path / "w", loss_weighting="sqrt-span", steps=4, val_questions=4)
+    assert metrics["settings"]["loss_weighting"] == "sqrt-span"
+    assert np.isfinite(metrics["loss_last"])
+    with pytest.raises(small.TrainError, match="loss_weighting must be one of token, sqrt-span"):
+        run(tmp_path / "bad", loss_weighting="equal")

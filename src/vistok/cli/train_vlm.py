@@ -27,6 +27,9 @@ def train_vlm_command(
     describe: Annotated[bool, typer.Option(help="Also train on a caption of each image (every object in reading "
                                                 "order), as LLaVA's first stage does; it teaches the model where "
                                                 "things are.")] = True,
+    loss_weighting: Annotated[str, typer.Option(help="token: every answer and caption token counts the same (the "
+                                                     "caption dominates); sqrt-span: each token 1/sqrt(length of "
+                                                     "its answer), so short answers weigh more.")] = "token",
     val_questions: Annotated[int, typer.Option(min=0, help="Validation questions scored at the end.")] = 300,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 3e-3,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps.")] = 100,
@@ -88,6 +91,9 @@ def train_vlm_command(
     if two and question_first:
         error("--question-first applies to --tokens full only")
         raise typer.Exit(2)
+    if two and loss_weighting != "token":
+        error("--loss-weighting applies to --tokens full only")
+        raise typer.Exit(2)
     try:
         if two:
             from vistok.vlm.llama_vid import LlamaVidError as TrainError
@@ -108,7 +114,7 @@ def train_vlm_command(
     if two:
         options.update(grid=cells, context=context, video=video, frames=frames, train_clips=train_clips)
     else:
-        options["question_first"] = question_first
+        options.update(question_first=question_first, loss_weighting=loss_weighting)
     if feature_layer is not None:
         options["feature_layer"] = feature_layer
     with progress_bar(total + 1, stats=True, transient=False) as bar:

@@ -308,10 +308,37 @@ def _pack(groups: list[list[tuple[list[int], int]]], visual: int, image_id: int,
             "image": torch.arange(rows)}
 
 
-def _loss(net: _Trainable, features: torch.Tensor, batch: dict[str, torch.Tensor], image_id: int) -> torch.Tensor:
+#: How the loss weighs answer tokens: ``"token"``, every target token the same (the caption's ~25 tokens then carry
+#: most of each image's gradient); ``"sqrt-span"``, each token ``1 / sqrt(n)`` where ``n`` is the length of the
+#: answer it belongs to (its words and ``</s>``), so a one-word answer weighs more against the caption without
+#: every question counting as much as the whole caption.
+LOSS_WEIGHTINGS = ("token", "sqrt-span")
+
+
+def span_weights(targets: torch.Tensor, weighting: str = "token") -> torch.Tensor:
+    """Per-target weights for :data:`LOSS_WEIGHTINGS`; 0 where ``targets`` is -100. An answer's span is a run of
+    consecutive targets (prompts between answers are -100, so runs never join)."""
+    valid = targets != -100
+    if weighting == "token":
+        return valid.float()
+    if weighting != "sqrt-span":
+        raise ValueError(f"loss weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {weighting!r}")
+    starts = valid & ~torch.nn.functional.pad(valid[:, :-1], (1, 0), value=False)  # first token of each run
+    run = starts.flatten().cumsum(0).reshape(targets.shape) * valid  # run number per valid token, 0 elsewhere
+    counts = torch.bincount(run.flatten(), minlength=int(run.max()) + 1).double()
+    return torch.where(valid, counts[run].clamp_min(1).pow(-0.5), 0.0).float()
+
+
+def _loss(net: _Trainable, features: torch.Tensor, batch: dict[str, torch.Tensor], image_id: int,
+          weighting: str = "token") -> torch.Tensor:
     logits = net.logits(features[batch["image"]], batch["ids"], batch["mask"], image_id, batch["positions"])
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
-                                             ignore_index=-100)
+    if weighting == "token":
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
+                                                 ignore_index=-100)
+    losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
+                                               ignore_index=-100, reduction="none")
+    weights = span_weights(batch["targets"], weighting).flatten()
+    return (losses * weights).sum() / weights.sum()
 
 
 def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -409,7 +436,7 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2500, batch_size: int = 32
           train_images: int = 16000, questions_per_image: int = 6, describe: bool = True,
           val_questions: int = 300, lr: float = 3e-3,
           weight_decay: float = 0.01, warmup: int = 100, checkpoint_every: int = 200, resume: bool = False,
-          tower: Any = "focus-vit-s14",
+          tower: Any = "focus-vit-s14", loss_weighting: str = "token",
           feature_batch: int = 32, blind: bool = False, on_step: Callable[[int, float], None] | None = None,
           progress: Callable[[str, int, int], None] | None = None, **model_options: Any) -> dict[str, Any]:
     """Train the projector and language model of :func:`build` (``model_options``: hidden, layers, heads,
@@ -421,7 +448,8 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2500, batch_size: int = 32
     baseline that shows how much the answers owe to the image. Features are cached in ``out_dir/cache``; a
     checkpoint (weights, optimizer, step) is written every ``checkpoint_every`` steps and ``resume=True``
     continues from it, giving the same result as an uninterrupted run (each step's batch is drawn by a
-    generator seeded with ``seed`` and the step number, and nothing else is random). ``on_step(step, loss)`` is called
+    generator seeded with ``seed`` and the step number, and nothing else is random). ``loss_weighting``: one of
+    :data:`LOSS_WEIGHTINGS` (``"sqrt-span"`` lifts count and relation answers). ``on_step(step, loss)`` is called
     after each step; ``progress(what, done, total)`` reports feature caching. Returns the metrics."""
     out = Path(out_dir).expanduser()
     model_options = {**RECIPE, **model_options}
@@ -433,13 +461,15 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2500, batch_size: int = 32
             raise TrainError(f"{name} must be an integer of at least {low}, got {value!r}")
     if not lr > 0:
         raise TrainError(f"lr must be positive, got {lr!r}")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise TrainError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {loss_weighting!r}")
     if out.exists() and not out.is_dir():
         raise TrainError(f"{out}: exists and is not a folder; pass a folder for the model")
     settings = {"steps": steps, "batch_size": batch_size, "seed": seed, "train_images": train_images,
                 "questions_per_image": questions_per_image, "describe": describe,
                 "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "blind": blind,
                 "tower": str(tower) if isinstance(tower, (str, os.PathLike)) else type(tower).__name__,
-                **model_options}
+                **({"loss_weighting": loss_weighting} if loss_weighting != "token" else {}), **model_options}
     state = open_checkpoint(out, settings, resume, TrainError)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build(tower, seed=seed, **model_options)
@@ -474,7 +504,7 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2500, batch_size: int = 32
             seed * 1_000_003 + step)).tolist()
         batch = _pack([encoded[r] for r in rows], data["visual"], image_id, pad)
         features = torch.zeros(batch_size, data["visual"], dim) if feats is None else feats[rows].float()
-        loss = _loss(net, features, batch, image_id)
+        loss = _loss(net, features, batch, image_id, loss_weighting)
         losses.append(optimizer_step(optimizer, params, loss, _lr(step, steps, lr, warmup)))
         done = step + 1
         if done % checkpoint_every == 0 and done < steps:
