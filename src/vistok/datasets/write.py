@@ -274,19 +274,11 @@ def _init_worker(threads: int, job: Job | None = None, source: Source | None = N
     every process spins a thread per core and two workers on two cores crawl. ``source``: the parent's listing."""
     if job is not None:
         _share(job, source)
-    import numpy  # noqa: F401 - threadpoolctl limits only the BLAS libraries already loaded
-
-    try:
-        from threadpoolctl import threadpool_limits
-
-        _WORKER["limits"] = threadpool_limits(limits=threads)  # kept alive for the worker's life
-    except ImportError:
-        pass
     # torch reads these when it is first imported; importing it here would cost seconds for tokenizers without it
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+    _WORKER["limits"] = _thread_limits(threads)  # entered for the worker's life, never exited
+    _WORKER["limits"].__enter__()
 
 
 def _ray(job: Job, pending: list[int], workers: int, gpus: float, done: Callable[[dict[str, Any]], None],
