@@ -3,6 +3,7 @@ a few steps on cached tower features, saved as an ordinary transformers folder a
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -326,6 +327,8 @@ def test_shipped_model_answers_held_out_test_questions(tmp_path, monkeypatch):
     shipped = json.loads((small.SHIPPED / "metrics.json").read_text())
     assert shipped["settings"]["train_images"] == 16000 and not shipped["settings"]["blind"]
     assert {k: shipped["settings"][k] for k in small.RECIPE} == small.RECIPE  # the recipe train-vlm defaults to
+    default_weighting = inspect.signature(small.train).parameters["loss_weighting"].default
+    assert shipped["settings"].get("loss_weighting", "token") == default_weighting == "sqrt-span"
     model, processor = vlm.load("shapes")
     assert type(model).__name__ == "LlavaForConditionalGeneration"
     assert transformers.AutoProcessor.from_pretrained(small.shipped_folder()).tokenizer.vocab_size == \

@@ -27,9 +27,10 @@ def train_vlm_command(
     describe: Annotated[bool, typer.Option(help="Also train on a caption of each image (every object in reading "
                                                 "order), as LLaVA's first stage does; it teaches the model where "
                                                 "things are.")] = True,
-    loss_weighting: Annotated[str, typer.Option(help="token: every answer and caption token counts the same (the "
-                                                     "caption dominates); sqrt-span: each token 1/sqrt(length of "
-                                                     "its answer), so short answers weigh more.")] = "token",
+    loss_weighting: Annotated[str | None, typer.Option(help="sqrt-span: each answer or caption token weighs "
+                                                            "1/sqrt(length of its answer), so one-word answers are "
+                                                            "not drowned by the caption; token: every token the "
+                                                            "same. [default: sqrt-span]")] = None,
     val_questions: Annotated[int, typer.Option(min=0, help="Validation questions scored at the end.")] = 300,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 3e-3,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up steps.")] = 100,
@@ -91,7 +92,7 @@ def train_vlm_command(
     if two and question_first:
         error("--question-first applies to --tokens full only")
         raise typer.Exit(2)
-    if two and loss_weighting != "token":
+    if two and loss_weighting is not None:
         error("--loss-weighting applies to --tokens full only")
         raise typer.Exit(2)
     try:
@@ -114,7 +115,9 @@ def train_vlm_command(
     if two:
         options.update(grid=cells, context=context, video=video, frames=frames, train_clips=train_clips)
     else:
-        options.update(question_first=question_first, loss_weighting=loss_weighting)
+        options.update(question_first=question_first)
+        if loss_weighting is not None:
+            options["loss_weighting"] = loss_weighting
     if feature_layer is not None:
         options["feature_layer"] = feature_layer
     with progress_bar(total + 1, stats=True, transient=False) as bar:

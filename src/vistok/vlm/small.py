@@ -436,7 +436,7 @@ def train(out_dir: str | os.PathLike, *, steps: int = 2500, batch_size: int = 32
           train_images: int = 16000, questions_per_image: int = 6, describe: bool = True,
           val_questions: int = 300, lr: float = 3e-3,
           weight_decay: float = 0.01, warmup: int = 100, checkpoint_every: int = 200, resume: bool = False,
-          tower: Any = "focus-vit-s14", loss_weighting: str = "token",
+          tower: Any = "focus-vit-s14", loss_weighting: str = "sqrt-span",
           feature_batch: int = 32, blind: bool = False, on_step: Callable[[int, float], None] | None = None,
           progress: Callable[[str, int, int], None] | None = None, **model_options: Any) -> dict[str, Any]:
     """Train the projector and language model of :func:`build` (``model_options``: hidden, layers, heads,
