@@ -115,7 +115,7 @@ def train_vlm_command(
     if two:
         options.update(grid=cells, context=context, video=video, frames=frames, train_clips=train_clips)
     else:
-        options.update(question_first=question_first)
+        options["question_first"] = question_first
         if loss_weighting is not None:
             options["loss_weighting"] = loss_weighting
     if feature_layer is not None:

@@ -332,9 +332,6 @@ def span_weights(targets: torch.Tensor, weighting: str = "token") -> torch.Tenso
 def _loss(net: _Trainable, features: torch.Tensor, batch: dict[str, torch.Tensor], image_id: int,
           weighting: str = "token") -> torch.Tensor:
     logits = net.logits(features[batch["image"]], batch["ids"], batch["mask"], image_id, batch["positions"])
-    if weighting == "token":
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
-                                                 ignore_index=-100)
     losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
                                                ignore_index=-100, reduction="none")
     weights = span_weights(batch["targets"], weighting).flatten()
