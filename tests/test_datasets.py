@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -187,11 +186,11 @@ def test_ray_address_without_a_cluster_says_what_to_do(photos, tmp_path):
 @pytest.mark.slow
 def test_ray_engine_writes_the_same_shards_as_local(photos, tmp_path):
     pytest.importorskip("ray")
-    from vistok.datasets.write import _thread_limits
+    from vistok.datasets.write import _thread_limits, worker_threads
 
-    # each of the 2 Ray workers computes with cores // 2 BLAS threads; the local run does the same, since a float
-    # matmul split over another number of threads may differ in the last bit
-    with _thread_limits(max(1, (os.cpu_count() or 1) // 2)):
+    # the local run computes with a Ray worker's share of the cores, since a float matmul split over another
+    # number of threads may differ in the last bit
+    with _thread_limits(worker_threads(2)):
         local = tokenize_dataset(photos, tmp_path / "local", "patch", shard_size=3)
     ray_run = tokenize_dataset(photos, tmp_path / "ray", "patch", shard_size=3, engine="ray", workers=2)
     assert [s["sha256"] for s in ray_run["shards"]] == [s["sha256"] for s in local["shards"]]

@@ -205,7 +205,7 @@ def _local(job: Job, pending: list[int], workers: int, done: Callable[[dict[str,
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_threads(workers)
     queue = deque(pending)
     lock = threading.Lock()  # guards the queue's end and done(), which rewrites the manifest
     failed: list[BaseException] = []
@@ -243,6 +243,11 @@ def _local(job: Job, pending: list[int], workers: int, done: Callable[[dict[str,
             feeder.join()
     if failed:
         raise failed[0]
+
+
+def worker_threads(workers: int) -> int:
+    """Each of ``workers`` processes' share of the cores (at least one thread), for both engines."""
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 @contextmanager
@@ -304,7 +309,7 @@ def _ray(job: Job, pending: list[int], workers: int, gpus: float, done: Callable
     context.enable_progress_bars = False  # vistok's own bar counts the images
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = worker_threads(workers)
 
         class ShardActor:  # one tokenizer per actor, loaded once
             def __init__(self) -> None:
